@@ -1,0 +1,15 @@
+"""sgwsss: self-guided weakly supervised semantic segmentation (Ke & Hsu).
+
+The package follows the paper's pipeline:
+
+* :mod:`sgwsss.data` -- PASCAL VOC 2012 (+ SBD) with image-level labels.
+* :mod:`sgwsss.model` -- DeepLab-v2 style network, classification branch,
+  aggregation layer (step 1, localization maps).
+* :mod:`sgwsss.losses` -- Eqs. 1, 4, 12, 13.
+* :mod:`sgwsss.refine` -- affinity (Eqs. 2-3, 5), Otsu, guided filter
+  (Eqs. 6-10), self-guided refinement, pseudo labels (Eq. 11), Table 1 stages.
+* :mod:`sgwsss.crf`, :mod:`sgwsss.evaluate` -- dense CRF and mIoU.
+* :mod:`sgwsss.train` -- Algorithm 1 (alternating training).
+"""
+
+__version__ = "0.1.0"
