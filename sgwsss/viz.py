@@ -64,3 +64,94 @@ def class_frequency_bar(counts, class_names: Sequence[str], *, title: str = "Ima
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def figure_to_png(fig, dpi: int = 80) -> bytes:
+    """Render a matplotlib figure to PNG bytes and close it."""
+    import io
+
+    plt = _plt()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def frame_slider(frames: Sequence[bytes], labels: Sequence[str], *, title: str = "", start: int = 0):
+    """A kernel-free slider over pre-rendered PNG frames (for the static book).
+
+    ``frames`` are PNG bytes (see :func:`figure_to_png`), ``labels`` the slider's
+    value names. Returns an ``IPython.display.HTML`` object holding the images
+    (base64) and a few lines of JavaScript that swap them as the slider moves, so
+    a reader of the rendered page can move it with no kernel at all.
+    """
+    import base64
+    import html
+    import uuid
+
+    from IPython.display import HTML
+
+    if len(frames) != len(labels) or not frames:
+        raise ValueError(f"frame_slider needs as many labels as frames, got {len(frames)} frames and {len(labels)} labels")
+    uid = "sgw" + uuid.uuid4().hex[:8]
+    srcs = ["data:image/png;base64," + base64.b64encode(f).decode("ascii") for f in frames]
+    imgs = "".join(
+        f'<img src="{s}" style="display:{"block" if i == start else "none"};max-width:100%" '
+        f'data-frame="{i}" alt="{html.escape(str(lab))}"/>'
+        for i, (s, lab) in enumerate(zip(srcs, labels))
+    )
+    import json
+
+    body = f"""
+<div class="sgwsss-frame-slider" id="{uid}">
+  <div style="font-weight:bold">{html.escape(title)}</div>
+  <input type="range" min="0" max="{len(frames) - 1}" value="{start}" step="1" style="width:60%"/>
+  <span class="sgwsss-frame-label">{html.escape(str(labels[start]))}</span>
+  {imgs}
+</div>
+<script>
+(function() {{
+  var root = document.getElementById("{uid}");
+  var labels = {json.dumps([str(lab) for lab in labels])};
+  var slider = root.querySelector("input[type=range]");
+  var imgs = root.querySelectorAll("img[data-frame]");
+  slider.addEventListener("input", function() {{
+    for (var i = 0; i < imgs.length; i++) imgs[i].style.display = (i == slider.value) ? "block" : "none";
+    root.querySelector(".sgwsss-frame-label").textContent = labels[slider.value];
+  }});
+}})();
+</script>"""
+    return HTML(body)
+
+
+def interactive_figure(draw, **controls):
+    """Widget controls that redraw a matplotlib figure.
+
+    ``draw(**values) -> Figure`` is called with the controls' values (ipywidgets
+    ``ValueWidget``s passed by keyword) once at start-up and again whenever one
+    changes. The controls are displayed, then the figure as an ordinary image
+    output with a display id that later redraws update in place: the first
+    rendering stays in the notebook as a static image for readers of the rendered
+    page, and no ``Output`` widget is needed. Figures are closed after display.
+    """
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    plt = _plt()
+
+    def render():
+        fig = draw(**{name: w.value for name, w in controls.items()})
+        png = figure_to_png(fig, dpi=90)
+        plt.close(fig)
+        from IPython.display import Image
+
+        return Image(data=png, format="png")
+
+    display(widgets.HBox(list(controls.values())))
+    handle = display(render(), display_id=True)
+
+    def redraw(_change=None):
+        handle.update(render())
+
+    for w in controls.values():
+        w.observe(redraw, names="value")
