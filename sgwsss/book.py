@@ -40,3 +40,87 @@ def work_dir(name: str = "") -> Path:
     path = Path(base) / name if name else Path(base)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def train_run(config: str = "cpu", **overrides) -> Path:
+    """Train the book's model with Algorithm 1, or reuse it when already trained.
+
+    The run lives in ``work_dir("<config>-budget<b>")``; a killed run resumes from
+    its last checkpoint. ``SGWSSS_BUDGET`` (see :mod:`sgwsss.train.config`) is the
+    one switch that shortens training under test (``make test`` sets it).
+    Returns the run folder (``config.json``, ``metrics.jsonl``, ``checkpoints/``,
+    ``round*/pseudo/``, ``final.pt``).
+    """
+    from sgwsss.train import get_config, train
+
+    cfg = get_config(config, **overrides)
+    run = work_dir(f"{cfg.name}-budget{cfg.budget:g}")
+    if not (run / "final.pt").exists():
+        train(cfg, voc_root=voc_root(), work_dir=run, resume=True)
+    return run
+
+
+def load_model(run: Path, which: str = "step1"):
+    """The network of a run: ``which="step1"`` after step 1 of round 1 (the one the
+    pseudo labels of Table 1 come from), ``"final"`` after Algorithm 1. Eval mode."""
+    import torch
+
+    from sgwsss.train import load_checkpoint
+
+    path = Path(run) / ("final.pt" if which == "final" else "checkpoints/round1_step1.pt")
+    model, meta = load_checkpoint(path, device="cuda" if torch.cuda.is_available() else "cpu")
+    model.eval()
+    return model, meta
+
+
+class Explorer:
+    """One image's expensive intermediate results, computed once, for fast sliders.
+
+    Holds the network outputs (localization maps, aggregation features), the
+    normalised maps A at image size, the affinity grid and the guided filter's
+    guide statistics; the methods recompute only the cheap step a control changes.
+    """
+
+    def __init__(self, model, item, grid: int = 50):
+        import torch
+
+        from sgwsss.refine.affinity import affinity_matrix
+        from sgwsss.refine.stages import normalize_maps
+
+        self.item = item
+        self.grid = grid
+        dev = next(model.parameters()).device
+        self.image = item["image"][None].to(dev)
+        self.labels = item["label"][None].to(dev)
+        with torch.no_grad():
+            out = model(self.image)
+            self.cam = out.cam
+            self.W = affinity_matrix(out.feat, grid=grid)
+        self.A = normalize_maps(torch.nn.functional.interpolate(out.cam, size=self.image.shape[-2:], mode="bilinear",
+                                                                align_corners=False), self.labels)
+        self._gf = {}
+
+    @property
+    def present(self):
+        return [int(c) for c in (self.labels[0] > 0.5).nonzero().flatten()]
+
+    def transition(self, beta: float = 1.0):
+        from sgwsss.refine.affinity import transition_matrix
+
+        return transition_matrix(self.W, beta=beta)
+
+    def stage(self, name: str, beta: float = 1.0, **kw):
+        """Maps of a Table 1 stage (B=1): (1,20,H,W)."""
+        import torch
+
+        from sgwsss.refine.stages import refine_stage
+
+        with torch.no_grad():
+            return refine_stage(name, self.image, self.cam, self.labels, transition=self.transition(beta),
+                                grid=self.grid, **kw)
+
+    def pseudo_label(self, name: str, beta: float = 1.0, **kw):
+        """Pseudo labels (Eq. 11) of a stage: (H,W) int64."""
+        from sgwsss.refine.pseudo_label import pseudo_label
+
+        return pseudo_label(self.stage(name, beta=beta, **kw), self.labels)[0]

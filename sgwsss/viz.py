@@ -155,3 +155,94 @@ def interactive_figure(draw, **controls):
 
     for w in controls.values():
         w.observe(redraw, names="value")
+
+
+def plot_metrics(metrics_path, *, title: str = "Training losses"):
+    """Loss curves from a run's ``metrics.jsonl`` (one panel per step of Algorithm 1)."""
+    import json
+
+    plt = _plt()
+    rows = [json.loads(line) for line in open(metrics_path) if line.strip()]
+    rows = [r for r in rows if "loss" in r and r.get("phase", "train") != "pseudo"]
+    steps = sorted({(r.get("round", 1), r.get("step", 1)) for r in rows})
+    fig, axes = plt.subplots(1, max(len(steps), 1), figsize=(5 * max(len(steps), 1), 3.2), squeeze=False)
+    for ax, (rnd, step) in zip(axes.flat, steps):
+        sel = [r for r in rows if (r.get("round", 1), r.get("step", 1)) == (rnd, step)]
+        its = [r["iteration"] for r in sel]
+        ax.plot(its, [r["loss"] for r in sel], label="total")
+        for key in ("cls", "aff", "seg"):
+            if any(key in r for r in sel):
+                ax.plot(its, [r.get(key, np.nan) for r in sel], label=key, alpha=0.8)
+        name = {1: "step 1: L_cls + λ L_aff", 2: "step 2: L_seg"}.get(step, f"step {step}")
+        ax.set_title(f"round {rnd}, {name}")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("loss")
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def show_maps(image, maps, labels, *, title: str = "", cmap: str = "jet", vmax=None):
+    """The image and, for each present class, its map overlaid as a heat map.
+
+    image (3,H,W) in [0,1]; maps (20,H,W) (or (20,h,w): shown stretched); labels (20,).
+    """
+    from sgwsss.data import CLASSES
+
+    plt = _plt()
+    maps = maps.detach().cpu().numpy() if hasattr(maps, "detach") else np.asarray(maps)
+    labels = np.asarray(labels.detach().cpu() if hasattr(labels, "detach") else labels)
+    present = np.flatnonzero(labels > 0.5)
+    rgb = to_hwc_uint8(image)
+    n = 1 + len(present)
+    fig, axes = plt.subplots(1, n, figsize=(3.3 * n, 3.0), squeeze=False)
+    axes[0, 0].imshow(rgb)
+    axes[0, 0].set_title("image")
+    im = None
+    for ax, c in zip(axes[0, 1:], present):
+        ax.imshow(rgb)
+        im = ax.imshow(maps[c], cmap=cmap, alpha=0.5, vmin=0, vmax=vmax if vmax is not None else max(maps[c].max(), 1e-6),
+                       extent=(-0.5, rgb.shape[1] - 0.5, rgb.shape[0] - 0.5, -0.5))
+        ax.set_title(CLASSES[c + 1])
+    for ax in axes.flat:
+        ax.axis("off")
+    if im is not None:
+        fig.colorbar(im, ax=list(axes.flat[1:]), fraction=0.02)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def show_label_maps(image, label_maps: dict, *, gt=None, title: str = "", ncols: int = 4):
+    """The image, optionally its ground truth, and several label maps (name -> (H,W) ints) in VOC colours,
+    with a legend of the classes that appear."""
+    import matplotlib.patches as mpatches
+
+    from sgwsss.data import CLASSES, PALETTE, colorize
+
+    plt = _plt()
+    panels = [("image", to_hwc_uint8(image))]
+    if gt is not None:
+        panels.append(("ground truth", colorize(np.asarray(gt))))
+    shown = set()
+    for name, lab in label_maps.items():
+        lab = np.asarray(lab.detach().cpu() if hasattr(lab, "detach") else lab)
+        shown |= set(np.unique(lab).tolist())
+        panels.append((name, colorize(lab)))
+    if gt is not None:
+        shown |= set(np.unique(np.asarray(gt)).tolist())
+    ncols = min(ncols, len(panels))
+    nrows = (len(panels) + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols, 2.8 * nrows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (name, img) in zip(axes.flat, panels):
+        ax.imshow(img)
+        ax.set_title(name, fontsize=10)
+    handles = [mpatches.Patch(color=PALETTE[c] / 255.0, label=CLASSES[c]) for c in sorted(shown) if c < len(CLASSES)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig

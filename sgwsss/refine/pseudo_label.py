@@ -1,0 +1,47 @@
+"""Pseudo pixel labels from refined localization maps (Eq. 11 of Ke & Hsu)."""
+
+from __future__ import annotations
+
+import torch
+
+from sgwsss.refine.otsu import otsu_threshold
+
+__all__ = ["pseudo_label"]
+
+
+def _check_labels(labels: torch.Tensor, b: int, c: int) -> torch.Tensor:
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.shape != (b, c):
+        raise ValueError(f"labels must have shape ({b}, {c}) to match the maps, got {tuple(labels.shape)}")
+    return labels != 0
+
+
+def pseudo_label(refined: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Eq. 11 of Ke & Hsu: per-pixel labels from refined maps: (B, C, H, W), (B, C) -> (B, H, W) int64.
+
+    For each present class ``c`` (``labels[b, c] != 0``) a pixel *fires* when
+    ``refined^c > otsu(refined^c)`` (:func:`~sgwsss.refine.otsu.otsu_threshold`).
+    Where at least one present class fires the label is ``1 + c`` for the firing
+    class with the largest refined value (first one on ties); elsewhere it is the
+    background 0. Absent classes never appear, and an image without present
+    classes is all background. Class ``c`` (0-based channel) is label ``c + 1``
+    (VOC: channel 0 = aeroplane = 1).
+    """
+    if not isinstance(refined, torch.Tensor):
+        raise TypeError(f"refined must be a torch.Tensor, got {type(refined).__name__}")
+    if refined.ndim != 4:
+        raise ValueError(f"refined must have shape (B, C, H, W), got {tuple(refined.shape)}")
+    if not refined.is_floating_point():
+        raise TypeError(f"refined must be a floating point tensor, got {refined.dtype}")
+    b, c = refined.shape[:2]
+    present = _check_labels(labels, b, c).to(refined.device)
+    refined = refined.detach()
+    # thresholds of the present classes only; absent classes never fire
+    thresholds = torch.full((b, c), float("inf"), dtype=refined.dtype, device=refined.device)
+    if present.any():
+        thresholds[present] = otsu_threshold(refined[present][None])[0]
+    fire = refined > thresholds[:, :, None, None]
+    scores = torch.where(fire, refined, torch.full_like(refined, float("-inf")))
+    best = scores.argmax(dim=1)
+    return torch.where(fire.any(dim=1), best + 1, torch.zeros_like(best))

@@ -1,0 +1,271 @@
+"""Guided filter (Eqs. 6-10 of Ke & Hsu) against float64 references, OpenCV and gradcheck."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sgwsss.refine.guided_filter import GuidedFilter, box_sum, guide_statistics, guided_filter, window_counts
+
+
+# ----------------------------------------------------------------------------- references
+def naive_guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
+    """He et al.'s filter by explicit window loops, float64. guide (C, H, W), src (H, W)."""
+    guide = guide.astype(np.float64)
+    src = src.astype(np.float64)
+    c, h, w = guide.shape
+    a = np.zeros((c, h, w))
+    b = np.zeros((h, w))
+
+    def window(y, x):
+        return slice(max(y - radius, 0), min(y + radius + 1, h)), slice(max(x - radius, 0), min(x + radius + 1, w))
+
+    for y in range(h):
+        for x in range(w):
+            ys, xs = window(y, x)
+            iw = guide[:, ys, xs].reshape(c, -1)
+            pw = src[ys, xs].reshape(-1)
+            mu = iw.mean(1)
+            centred = iw - mu[:, None]
+            sigma = centred @ centred.T / pw.size
+            cov = centred @ (pw - pw.mean()) / pw.size
+            a[:, y, x] = np.linalg.solve(sigma + eps * np.eye(c), cov)
+            b[y, x] = pw.mean() - a[:, y, x] @ mu
+    q = np.zeros((h, w))
+    for y in range(h):
+        for x in range(w):
+            ys, xs = window(y, x)
+            q[y, x] = a[:, ys, xs].reshape(c, -1).mean(1) @ guide[:, y, x] + b[ys, xs].mean()
+    return q
+
+
+def reference_guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
+    """Float64 filter with scipy's running-sum box filter (an independent implementation)."""
+    from scipy.ndimage import uniform_filter
+
+    guide = guide.astype(np.float64)
+    src = src.astype(np.float64)
+    c = guide.shape[0]
+    size = 2 * radius + 1
+    count = uniform_filter(np.ones(src.shape), size, mode="constant")
+
+    def mean(x):
+        return uniform_filter(x, size, mode="constant") / count
+
+    mu = np.stack([mean(g) for g in guide])
+    mp = mean(src)
+    cov = np.stack([mean(g * src) for g in guide]) - mu * mp
+    sigma = np.empty(src.shape + (c, c))
+    for i in range(c):
+        for j in range(c):
+            sigma[..., i, j] = mean(guide[i] * guide[j]) - mu[i] * mu[j]
+    sigma += eps * np.eye(c)
+    a = np.linalg.solve(sigma, np.moveaxis(cov, 0, -1)[..., None])[..., 0]
+    a = np.moveaxis(a, -1, 0)
+    b = mp - (a * mu).sum(0)
+    return (np.stack([mean(x) for x in a]) * guide).sum(0) + mean(b)
+
+
+def _filter_np(guide: np.ndarray, maps: np.ndarray, radius: int, eps: float, dtype=torch.float64) -> np.ndarray:
+    g = torch.from_numpy(guide)[None].to(dtype)
+    p = torch.from_numpy(maps)[None].to(dtype)
+    return guided_filter(g, p, radius, eps)[0].double().numpy()
+
+
+# ----------------------------------------------------------------------------- box sums
+@pytest.mark.parametrize("shape,radius", [((7, 9), 1), ((10, 12), 17), ((16, 5), 3), ((1, 1), 2)])
+def test_box_sum_matches_explicit_window_sums(shape, radius):
+    rng = np.random.default_rng(0)
+    x = rng.random((2,) + shape)
+    h, w = shape
+    want = np.zeros_like(x)
+    for y in range(h):
+        for xx in range(w):
+            want[:, y, xx] = x[:, max(y - radius, 0) : y + radius + 1, max(xx - radius, 0) : xx + radius + 1].sum((1, 2))
+    got = box_sum(torch.from_numpy(x), radius).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    counts = window_counts(h, w, radius).numpy()
+    np.testing.assert_array_equal(counts, box_sum(torch.ones(shape, dtype=torch.float64), radius).numpy())
+
+
+def test_box_sum_float32_error_is_relative_to_the_window():
+    # running sums of a 1 x 4000 row reach ~2000; the window sums stay ~18
+    x = torch.rand(1, 4000, generator=torch.Generator().manual_seed(1))
+    got = box_sum(x, 17).double()
+    want = box_sum(x.double(), 17)
+    assert (got - want).abs().max() < 2e-5
+
+
+# ----------------------------------------------------------------------------- exact references
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("eps", [1e-2, 1e-6])
+@pytest.mark.parametrize("shape,radius", [((10, 12), 17), ((13, 11), 2), ((15, 17), 4)])
+def test_matches_naive_reference_float64(channels, eps, shape, radius):
+    rng = np.random.default_rng(radius + channels)
+    guide = rng.random((channels,) + shape)
+    # a smooth-ish guide region plus a step: both well- and ill-conditioned windows
+    guide[:, : shape[0] // 2] = 0.5 + 0.001 * guide[:, : shape[0] // 2]
+    maps = np.stack([rng.random(shape), (rng.random(shape) > 0.5).astype(np.float64)])
+    got = _filter_np(guide, maps, radius, eps)
+    want = np.stack([naive_guided_filter(guide, m, radius, eps) for m in maps])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_float32_matches_naive_reference(channels):
+    rng = np.random.default_rng(7)
+    guide = rng.random((channels, 20, 23)).astype(np.float32)
+    maps = rng.random((3, 20, 23)).astype(np.float32)
+    got = _filter_np(guide, maps, 5, 1e-2, dtype=torch.float32)
+    want = np.stack([naive_guided_filter(guide, m, 5, 1e-2) for m in maps])
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)
+
+
+def test_maps_are_filtered_independently_and_batches_match():
+    g = torch.Generator().manual_seed(3)
+    guide = torch.rand(2, 3, 31, 29, generator=g)
+    src = torch.rand(2, 5, 31, 29, generator=g)
+    gf = GuidedFilter(guide, 4, 1e-3, max_maps=3)  # chunked: 1 map per block with B = 2
+    together = gf(src)
+    for b in range(2):
+        single = GuidedFilter(guide[b : b + 1], 4, 1e-3)
+        for k in range(5):
+            torch.testing.assert_close(single(src[b : b + 1, k : k + 1])[0, 0], together[b, k], rtol=0, atol=1e-6)
+    # repeated calls reuse the scratch buffers and give identical results
+    torch.testing.assert_close(gf(src), together, rtol=0, atol=0)
+
+
+def test_skip_constant_is_exact_on_binary_maps():
+    g = torch.Generator().manual_seed(4)
+    guide = torch.rand(1, 3, 90, 100, generator=g)
+    src = torch.zeros(1, 3, 90, 100)
+    src[0, 0, 40:50, 45:60] = 1  # small object: most of the image is skipped
+    src[0, 1, 5:20, 80:] = 1  # touches the border
+    src[0, 2] = 1  # constant map
+    gf = GuidedFilter(guide, 5, 1e-6)
+    full = gf(src)
+    skipped = gf(src, skip_constant=True)
+    torch.testing.assert_close(skipped, full, rtol=0, atol=1e-5)
+    # bool masks are filtered as 0/1 float32 maps
+    torch.testing.assert_close(gf(src > 0.5), full, rtol=0, atol=0)
+    torch.testing.assert_close(gf(src > 0.5, skip_constant=True), skipped, rtol=0, atol=0)
+    assert torch.equal(skipped[0, 0, :10], src[0, 0, :10])  # far from the object: exactly the input
+    everything_constant = torch.full((1, 2, 90, 100), 0.25)
+    assert torch.equal(gf(everything_constant, skip_constant=True), everything_constant)
+
+
+def test_constant_map_is_preserved():
+    guide = torch.rand(1, 3, 20, 30, generator=torch.Generator().manual_seed(5))
+    q = guided_filter(guide, torch.full((1, 1, 20, 30), 0.7), 17, 1e-6)
+    torch.testing.assert_close(q, torch.full_like(q, 0.7), rtol=0, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- gradients (Eqs. 9-10)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_gradcheck_float64(channels):
+    g = torch.Generator().manual_seed(channels)
+    guide = torch.rand(1, channels, 6, 7, generator=g, dtype=torch.float64)
+    src = torch.rand(1, 2, 6, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    gf = GuidedFilter(guide, 2, 1e-2)
+    assert torch.autograd.gradcheck(gf, (src,), eps=1e-6, atol=1e-8)
+    assert torch.autograd.gradgradcheck(gf, (src,), eps=1e-6, atol=1e-8)
+
+
+def test_gradient_matches_autograd_through_reference_ops():
+    # dq/dp of the float64 filter equals the transpose of its matrix (built column by column)
+    g = torch.Generator().manual_seed(11)
+    guide = torch.rand(1, 3, 5, 6, generator=g, dtype=torch.float64)
+    gf = GuidedFilter(guide, 1, 1e-3)
+    n = 5 * 6
+    eye = torch.eye(n, dtype=torch.float64).view(n, 1, 5, 6)
+    matrix = torch.cat([gf(e[None]).reshape(1, n) for e in eye]).T  # column j = filter(e_j)
+    src = torch.rand(1, 1, 5, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.rand(1, 1, 5, 6, generator=g, dtype=torch.float64)
+    (gf(src) * weight).sum().backward()
+    torch.testing.assert_close(src.grad.reshape(n), matrix.T @ weight.reshape(n))
+
+
+# ----------------------------------------------------------------------------- OpenCV
+def test_matches_opencv_interior_when_well_conditioned():
+    cv2 = pytest.importorskip("cv2")
+    if not hasattr(cv2, "ximgproc"):
+        pytest.skip("opencv-contrib (cv2.ximgproc) not installed")
+    rng = np.random.default_rng(9)
+    yy, xx = np.mgrid[0:64, 0:80] / 80.0
+    guide = np.stack([np.sin(6 * xx) * 0.4 + 0.5, yy, (xx > 0.5) * 0.6 + 0.2]).astype(np.float32)
+    guide += 0.05 * rng.random(guide.shape).astype(np.float32)
+    src = (rng.random((64, 80)) > 0.6).astype(np.float32)
+    r, eps = 4, 1e-2
+    ours = _filter_np(guide, src[None], r, eps, dtype=torch.float32)[0]
+    theirs = cv2.ximgproc.guidedFilter(np.ascontiguousarray(guide.transpose(1, 2, 0)), src, r, eps)
+    inner = (slice(2 * r, -2 * r), slice(2 * r, -2 * r))
+    np.testing.assert_allclose(ours[inner], theirs[inner], rtol=0, atol=2e-5)
+    # at the border OpenCV reflects the image instead of clipping the windows
+    assert np.abs(ours - theirs)[:r].max() > 1e-3
+
+
+# ----------------------------------------------------------------------------- real VOC image
+def _voc_example(voc_root, index):
+    voc = voc_root / "VOCdevkit" / "VOC2012"
+    ids = (voc / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
+    name = ids[index]
+    image = np.asarray(Image.open(voc / "JPEGImages" / f"{name}.jpg").convert("RGB"), dtype=np.float32) / 255
+    mask = np.array(Image.open(voc / "SegmentationClassAug" / f"{name}.png"))
+    return image, mask
+
+
+@pytest.mark.parametrize("index", [0, 11])
+def test_voc_image_eps_1e6_within_1e4_of_float64(voc_root, index):
+    from scipy.ndimage import gaussian_filter
+
+    image, mask = _voc_example(voc_root, index)
+    classes = [c for c in np.unique(mask) if 0 < c < 255]
+    binary = np.stack([(mask == c) for c in classes[:2]]).astype(np.float32)
+    maps = np.concatenate([binary, gaussian_filter(binary, (0, 8, 8))]).astype(np.float32)
+    guide = np.ascontiguousarray(image.transpose(2, 0, 1))
+    got = _filter_np(guide, maps, 17, 1e-6, dtype=torch.float32)
+    want = np.stack([reference_guided_filter(guide, m, 17, 1e-6) for m in maps])
+    err = np.abs(got - want).max()
+    assert err < 1e-4, err
+    # skipping constant neighbourhoods keeps the accuracy on binary maps
+    gf = GuidedFilter(torch.from_numpy(guide)[None], 17, 1e-6)
+    skipped = gf(torch.from_numpy(binary)[None], skip_constant=True)[0].double().numpy()
+    assert np.abs(skipped - want[: len(binary)]).max() < 1e-4
+
+
+def test_guide_statistics_match_float64_windows():
+    rng = np.random.default_rng(2)
+    guide = rng.random((1, 3, 9, 11))
+    st = guide_statistics(torch.from_numpy(guide), 3, 1e-3)
+    y, x = 4, 2
+    win = guide[0, :, 1:8, 0:6].reshape(3, -1)
+    mu = win.mean(1)
+    sigma = np.cov(win, bias=True) + 1e-3 * np.eye(3)
+    inv = np.linalg.inv(sigma)
+    np.testing.assert_allclose(st.mean[0, :, y, x].numpy(), mu, rtol=1e-12)
+    packed = [inv[0, 0], inv[0, 1], inv[0, 2], inv[1, 1], inv[1, 2], inv[2, 2]]
+    np.testing.assert_allclose(st.inverse[0, :, y, x].numpy(), packed, rtol=1e-9)
+
+
+# ----------------------------------------------------------------------------- errors
+def test_argument_errors():
+    guide = torch.rand(1, 3, 8, 8)
+    with pytest.raises(ValueError, match="guide must have shape"):
+        GuidedFilter(torch.rand(1, 2, 8, 8))
+    with pytest.raises(TypeError, match="guide must be a floating"):
+        GuidedFilter(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="radius"):
+        GuidedFilter(guide, radius=-1)
+    with pytest.raises(ValueError, match="eps"):
+        GuidedFilter(guide, eps=0)
+    gf = GuidedFilter(guide, 2)
+    with pytest.raises(ValueError, match=r"src must have shape \(1, K, 8, 8\)"):
+        gf(torch.rand(1, 2, 8, 9))
+    with pytest.raises(ValueError, match="src must have shape"):
+        gf(torch.rand(2, 2, 8, 8))
+    with pytest.raises(TypeError, match="src must be a floating"):
+        gf(torch.ones(1, 2, 8, 8, dtype=torch.int64))
+    with pytest.raises(ValueError, match="at least 2 dims"):
+        box_sum(torch.rand(5), 1)

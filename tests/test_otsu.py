@@ -1,0 +1,107 @@
+"""Batched Otsu thresholds must equal skimage.filters.threshold_otsu exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage.filters import threshold_otsu
+
+from sgwsss.refine.otsu import binarize, otsu_threshold
+
+
+def _assert_same_as_skimage(maps: np.ndarray, nbins: int = 256) -> None:
+    got = otsu_threshold(torch.from_numpy(maps), nbins=nbins).numpy()
+    assert got.shape == maps.shape[:2]
+    for b in range(maps.shape[0]):
+        for k in range(maps.shape[1]):
+            want = threshold_otsu(maps[b, k], nbins=nbins)
+            assert got[b, k] == want, (b, k, got[b, k], want)
+            assert got.dtype == np.asarray(want).dtype
+
+
+def _random_maps(kind: str, rng, shape):
+    if kind == "uniform":
+        return rng.random(shape).astype(np.float32)
+    if kind == "bimodal":
+        lo = rng.normal(0.25, 0.06, shape)
+        hi = rng.normal(0.7, 0.1, shape)
+        return np.where(rng.random(shape) < 0.35, hi, lo).astype(np.float32)
+    if kind == "quantised":  # many pixels exactly on bin edges
+        return (rng.integers(0, 9, shape) / 8).astype(np.float32)
+    if kind == "wide_float64":
+        return rng.normal(3.0, 1e3, shape)
+    if kind == "offset":  # large offset, small spread (bins still wider than one float32 step)
+        return (1000.0 + 0.1 * rng.random(shape)).astype(np.float32)
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["uniform", "bimodal", "quantised", "wide_float64", "offset"])
+def test_equals_skimage_on_many_maps(kind):
+    rng = np.random.default_rng(["uniform", "bimodal", "quantised", "wide_float64", "offset"].index(kind))
+    maps = _random_maps(kind, rng, (3, 7, 33, 41))
+    _assert_same_as_skimage(maps)
+
+
+@pytest.mark.parametrize("nbins", [2, 17, 256])
+def test_equals_skimage_for_other_bin_counts_and_flat_maps(nbins):
+    rng = np.random.default_rng(nbins)
+    maps = _random_maps("bimodal", rng, (2, 4, 1, 500))  # (B, K, H, W) with H = 1
+    _assert_same_as_skimage(maps, nbins=nbins)
+    flat = torch.from_numpy(maps).flatten(2)  # (B, K, N) input
+    np.testing.assert_array_equal(
+        otsu_threshold(flat, nbins=nbins).numpy(), otsu_threshold(torch.from_numpy(maps), nbins=nbins).numpy()
+    )
+
+
+def test_equals_skimage_on_real_looking_maps(voc_root):
+    """Grey VOC photographs and blurred ground-truth masks (the maps the refinement sees)."""
+    from scipy.ndimage import gaussian_filter
+
+    voc = voc_root / "VOCdevkit" / "VOC2012"
+    ids = (voc / "ImageSets" / "Segmentation" / "train.txt").read_text().split()[:3]
+    maps = []
+    for name in ids:
+        grey = np.asarray(Image.open(voc / "JPEGImages" / f"{name}.jpg").convert("L"), dtype=np.float32) / 255
+        mask = np.array(Image.open(voc / "SegmentationClassAug" / f"{name}.png"))
+        obj = ((mask > 0) & (mask < 255)).astype(np.float32)
+        h, w = 128, 160
+        maps += [grey[:h, :w], gaussian_filter(obj, 6)[:h, :w], (0.3 * obj + 0.05 * grey)[:h, :w]]
+    _assert_same_as_skimage(np.stack(maps)[None].astype(np.float32))
+
+
+def test_constant_maps_return_their_value_without_nan():
+    maps = torch.zeros(2, 3, 5, 6)
+    maps[0, 1] = 0.4
+    maps[1, 2] = torch.rand(5, 6)
+    t = otsu_threshold(maps)
+    assert not torch.isnan(t).any()
+    assert t[0, 0] == 0 and t[0, 1] == pytest.approx(0.4) and t[1, 0] == 0
+    assert t[1, 2] == threshold_otsu(maps[1, 2].numpy())
+    # nothing is above a constant map's threshold
+    assert binarize(maps)[0, :2].sum() == 0
+    single = torch.full((1, 1, 1, 1), 3.0)
+    assert otsu_threshold(single).item() == 3.0
+
+
+def test_binarize_matches_skimage_threshold():
+    rng = np.random.default_rng(5)
+    maps = _random_maps("bimodal", rng, (2, 3, 20, 24))
+    b = binarize(torch.from_numpy(maps)).numpy()
+    for i in range(2):
+        for k in range(3):
+            np.testing.assert_array_equal(b[i, k], (maps[i, k] > threshold_otsu(maps[i, k])).astype(np.float32))
+    with pytest.raises(ValueError, match="thresholds"):
+        binarize(torch.from_numpy(maps), torch.zeros(2, 2))
+
+
+def test_argument_errors():
+    with pytest.raises(TypeError, match="floating"):
+        otsu_threshold(torch.ones(1, 1, 4, 4, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"\(B, K, H, W\)"):
+        otsu_threshold(torch.rand(4, 4))
+    with pytest.raises(ValueError, match="nbins"):
+        otsu_threshold(torch.rand(1, 1, 4, 4), nbins=1)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        otsu_threshold(np.zeros((1, 1, 4, 4)))

@@ -1,0 +1,71 @@
+"""Pseudo labels from refined maps (Eq. 11 of Ke & Hsu) on hand-made maps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sgwsss.refine.pseudo_label import pseudo_label
+
+
+def _maps(c=4, h=6, w=8):
+    return torch.zeros(1, c, h, w)
+
+
+def test_two_classes_background_and_argmax_on_overlap():
+    refined = _maps()
+    refined[0, 1, :, :4] = 0.9  # class 2 on the left half
+    refined[0, 2, :, 3:6] = 0.6  # class 3 overlaps column 3, weaker there
+    refined[0, 2, 0, 3] = 0.95  # ... except one pixel where it is stronger
+    labels = torch.tensor([[0, 1, 1, 0]])
+    got = pseudo_label(refined, labels)
+    want = torch.zeros(1, 6, 8, dtype=torch.int64)
+    want[0, :, :4] = 2
+    want[0, :, 4:6] = 3
+    want[0, 0, 3] = 3
+    assert got.dtype == torch.int64
+    assert torch.equal(got, want)
+
+
+def test_absent_classes_never_appear():
+    refined = _maps()
+    refined[0, 0] = 1.0  # absent, strong everywhere
+    refined[0, 0, 0, 0] = 0.0
+    refined[0, 3, 2:4, 2:4] = 0.2  # present, weak
+    got = pseudo_label(refined, torch.tensor([[0, 0, 0, 1]]))
+    want = torch.zeros(1, 6, 8, dtype=torch.int64)
+    want[0, 2:4, 2:4] = 4
+    assert torch.equal(got, want)
+
+
+def test_no_present_class_is_all_background():
+    refined = torch.rand(2, 3, 5, 5)
+    assert torch.equal(pseudo_label(refined, torch.zeros(2, 3)), torch.zeros(2, 5, 5, dtype=torch.int64))
+
+
+def test_threshold_is_otsu_per_class_and_constant_maps_do_not_fire():
+    refined = _maps(c=2, h=1, w=10)
+    refined[0, 0, 0] = torch.tensor([0.0, 0.1, 0.1, 0.2, 0.7, 0.8, 0.8, 0.9, 0.9, 1.0])
+    refined[0, 1] = 0.5  # present but constant: never above its own threshold
+    got = pseudo_label(refined, torch.tensor([[1, 1]]))
+    assert got.tolist() == [[[0, 0, 0, 0, 1, 1, 1, 1, 1, 1]]]
+
+
+def test_batch_items_are_independent():
+    refined = torch.zeros(2, 2, 4, 4)
+    refined[0, 0, :2] = 1
+    refined[1, 0, :2] = 1
+    refined[1, 1, 2:] = 1
+    got = pseudo_label(refined, torch.tensor([[1, 0], [1, 1]]))
+    assert got[0].unique().tolist() == [0, 1]
+    assert torch.equal(got[1, 2:], torch.full((2, 4), 2))
+    assert torch.equal(got[0, 2:], torch.zeros(2, 4, dtype=torch.int64))
+
+
+def test_argument_errors():
+    with pytest.raises(ValueError, match=r"labels must have shape \(1, 4\)"):
+        pseudo_label(_maps(), torch.ones(1, 3))
+    with pytest.raises(ValueError, match=r"refined must have shape \(B, C, H, W\)"):
+        pseudo_label(torch.rand(4, 6, 8), torch.ones(1, 4))
+    with pytest.raises(TypeError, match="refined must be a floating"):
+        pseudo_label(torch.ones(1, 4, 2, 2, dtype=torch.int64), torch.ones(1, 4))
