@@ -1,0 +1,20 @@
+"""Algorithm 1 of Ke & Hsu: alternating training (step 1, pseudo labels, step 2), checkpoints, resume, DDP.
+
+* :func:`train` -- the whole algorithm into a work folder (resumable).
+* :func:`get_config`, :class:`TrainConfig`, :data:`CONFIGS` -- the ``paper``, ``cpu`` and ``smoke`` presets;
+  ``$SGWSSS_BUDGET`` scales the iteration counts.
+* :func:`train_step1`, :func:`train_step2`, :func:`poly_lr` -- the SGD loops.
+* :func:`generate_pseudo_labels`, :func:`predict` -- ``<id>.png`` palette masks.
+* :func:`load_checkpoint` -- rebuild a trained network.
+"""
+from sgwsss.train.algorithm import train
+from sgwsss.train.checkpoint import atomic_save, load_checkpoint, read_checkpoint
+from sgwsss.train.config import BUDGET_ENV, CONFIGS, TrainConfig, get_config
+from sgwsss.train.loop import DataOrder, Runtime, poly_lr, train_step1, train_step2
+from sgwsss.train.pseudo import generate_pseudo_labels, predict, write_index_png
+
+__all__ = [
+    "train", "load_checkpoint", "read_checkpoint", "atomic_save", "BUDGET_ENV", "CONFIGS", "TrainConfig",
+    "get_config", "DataOrder", "Runtime", "poly_lr", "train_step1", "train_step2", "generate_pseudo_labels",
+    "predict", "write_index_png",
+]

@@ -1,0 +1,148 @@
+"""Checkpoints: atomic writes, RNG capture/restore, and :func:`load_checkpoint`.
+
+A training checkpoint is a plain dict saved with :func:`torch.save` and readable with
+``torch.load(..., weights_only=True)`` (only tensors, numbers, strings, lists,
+tuples and dicts inside)::
+
+    {"format": 1, "kind": "train" | "final", "backbone": str, "config": dict,
+     "model": state_dict, "optimizer": state_dict | None, "scaler": state_dict | None,
+     "progress": {"round": r, "step": 1 | 2, "iteration": it, "iters": total},
+     "rng": {"torch": ByteTensor, "cuda": [ByteTensor, ...], "numpy": {...}, "python": tuple}}
+
+The data order is a pure function of ``(seed, round, step, iteration)`` (see
+:class:`sgwsss.train.loop.DataOrder`), so ``progress`` is the data order's state.
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+from sgwsss.train.config import TrainConfig, as_config
+
+FORMAT = 1
+PathLike = Union[str, os.PathLike]
+
+
+def atomic_save(obj: Any, path: PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically: write a temp file in the same folder, fsync, ``os.replace``.
+
+    A crash while writing leaves the previous ``path`` (if any) untouched and no temp file behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def capture_rng_state() -> Dict[str, Any]:
+    """The torch (CPU and every CUDA device), NumPy global and Python ``random`` states."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": random.getstate(),
+    }
+
+
+def restore_rng_state(state: Dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    torch.set_rng_state(state["torch"].cpu())
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    npst = state["numpy"]
+    np.random.set_state((npst["kind"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
+                         npst["cached_gaussian"]))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), NumPy and Python ``random``."""
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper."""
+    return model.module if hasattr(model, "module") and isinstance(
+        model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)) else model
+
+
+def make_checkpoint(model: torch.nn.Module, config: TrainConfig, progress: Dict[str, int], *,
+                    optimizer: Optional[torch.optim.Optimizer] = None, scaler=None, kind: str = "train",
+                    with_rng: bool = True) -> Dict[str, Any]:
+    """The checkpoint dict (see the module docstring)."""
+    net = unwrap(model)
+    return {
+        "format": FORMAT,
+        "kind": kind,
+        "backbone": getattr(net, "backbone_name", config.backbone),
+        "config": config.to_dict(),
+        "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+        "progress": dict(progress),
+        "rng": capture_rng_state() if with_rng else None,
+    }
+
+
+def read_checkpoint(path: PathLike, map_location="cpu") -> Dict[str, Any]:
+    """The raw checkpoint dict (loaded with ``weights_only=True``); clear errors for foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such checkpoint: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # pickle errors, truncated files, ...
+        raise ValueError(f"{path} is not a readable sgwsss checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt or "config" not in ckpt:
+        raise ValueError(f"{path} is not an sgwsss checkpoint (format {FORMAT} with 'model' and 'config')")
+    return ckpt
+
+
+def load_checkpoint(path: PathLike, device: Union[str, torch.device] = "cpu",
+                    backbone: Optional[str] = None) -> Tuple[torch.nn.Module, Dict[str, Any]]:
+    """Rebuild the network stored in ``path`` (from its own config) and load its weights.
+
+    Args:
+        path: a checkpoint written by :func:`sgwsss.train.train` (``last.pt``, an end-of-step file or ``final.pt``).
+        device: where to put the model.
+        backbone: the backbone the caller expects; a checkpoint of another backbone raises ``ValueError``.
+
+    Returns:
+        ``(model, meta)``: the model in eval mode on ``device`` and
+        ``meta = {"config": TrainConfig, "backbone": str, "progress": dict, "kind": str, "path": str}``.
+    """
+    from sgwsss.model import build_model
+
+    ckpt = read_checkpoint(path)
+    config = as_config(ckpt["config"])
+    stored = ckpt.get("backbone", config.backbone)
+    if backbone is not None and backbone != stored:
+        raise ValueError(f"checkpoint {path} holds a {stored!r} network, but backbone={backbone!r} was asked")
+    model = build_model(stored, pretrained=False, output_stride=config.output_stride)
+    model.load_state_dict(ckpt["model"])
+    model.to(device).eval()
+    meta = {"config": config, "backbone": stored, "progress": ckpt.get("progress", {}), "kind": ckpt.get("kind"),
+            "path": str(path)}
+    return model, meta

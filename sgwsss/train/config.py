@@ -1,0 +1,225 @@
+"""Training configuration for Algorithm 1 of Ke & Hsu.
+
+:class:`TrainConfig` holds every knob of the alternating training (step 1:
+``L_cls + lam * L_aff``, Eq. 13; pseudo labels; step 2: ``L_seg``, Eq. 12), and
+:data:`CONFIGS` names three presets:
+
+``paper``
+    The paper's setting: DeepLab-v2 ResNet-101, 321x321 crops, step 1 with batch
+    10, learning rate 1e-3 for 50k iterations, step 2 with batch 8, learning rate
+    5e-4 for 10k iterations, ``n = 2`` rounds, a 50x50 affinity grid, guided
+    filter radius 17 and ``eps = 1e-6``.
+``cpu``
+    A laptop-sized run with EfficientNet-Lite0 (one round, a few hundred
+    iterations per step).
+``smoke``
+    A few iterations on a handful of images with a random-init network; for tests
+    and CI.
+
+The environment variable ``SGWSSS_BUDGET`` (a positive float, default 1) scales the
+step-1 and step-2 iteration counts of whatever :func:`get_config` returns
+(``SGWSSS_BUDGET=0.1`` trains ten times shorter; at least one iteration per step
+is kept). It is the single switch the book uses to train shorter under test; the
+value used is recorded in the configuration's ``budget`` field.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+BUDGET_ENV = "SGWSSS_BUDGET"
+
+# The Table 1 stage names (kept here without importing torch; checked against
+# sgwsss.refine.stages.STAGES when pseudo labels are generated).
+STAGE_NAMES = ("A", "R", "G-w/o-aff", "G", "G-iter15-w/o-aff", "G-iter15")
+
+
+@dataclass
+class TrainConfig:
+    """All settings of one Algorithm 1 run (see the module docstring for presets).
+
+    The training images are the ``train_split`` list, restricted to ``train_ids`` when
+    given, then to its first ``max_images``. Iteration counts are SGD iterations per step and per round; the learning rate
+    follows the 'poly' schedule ``lr * (1 - it / iters) ** poly_power``. Batch
+    sizes are per process: under ``torchrun`` with ``W`` processes the global batch
+    is ``batch_size * W``.
+    """
+
+    name: str = "custom"
+    # network
+    backbone: str = "resnet101"
+    pretrained: bool = True
+    output_stride: int = 8
+    freeze_bn: bool = True
+    # data
+    train_split: str = "train_aug"
+    max_images: Optional[int] = None
+    train_ids: Optional[Tuple[str, ...]] = None
+    crop_size: int = 321
+    scale: Tuple[float, float] = (0.5, 1.5)
+    hflip: bool = True
+    # step 1: L_cls + lam * L_aff (Eq. 13)
+    step1_batch_size: int = 10
+    step1_lr: float = 1e-3
+    step1_iters: int = 50_000
+    # step 2: L_seg on pseudo labels (Eq. 12)
+    step2_batch_size: int = 8
+    step2_lr: float = 5e-4
+    step2_iters: int = 10_000
+    # Algorithm 1
+    rounds: int = 2
+    lam: float = 1.0
+    grid: int = 50
+    beta: float = 1.0
+    radius: int = 17
+    eps: float = 1e-6
+    pseudo_stage: str = "G-iter15"
+    pseudo_crf: bool = False
+    # optimiser
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    poly_power: float = 0.9
+    # bookkeeping
+    checkpoint_interval: int = 1000
+    log_interval: int = 20
+    seed: int = 0
+    num_workers: int = 2
+    amp: bool = True
+    budget: float = 1.0
+
+    def __post_init__(self):
+        if isinstance(self.scale, list):
+            self.scale = tuple(self.scale)
+        if not (isinstance(self.scale, tuple) and len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1]):
+            raise ValueError(f"scale must be a pair (min, max) with 0 < min <= max, got {self.scale!r}")
+        self.scale = (float(self.scale[0]), float(self.scale[1]))
+        positive_ints = ("output_stride", "crop_size", "step1_batch_size", "step1_iters", "step2_batch_size",
+                         "step2_iters", "rounds", "grid", "radius", "checkpoint_interval", "log_interval")
+        for key in positive_ints:
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        for key in ("step1_lr", "step2_lr", "eps", "beta", "budget", "poly_power"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{key} must be a positive number, got {value!r}")
+        for key in ("lam", "momentum", "weight_decay"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{key} must be a non-negative number, got {value!r}")
+        if self.max_images is not None and (isinstance(self.max_images, bool) or not isinstance(self.max_images, int)
+                                            or self.max_images < 1):
+            raise ValueError(f"max_images must be None or a positive integer, got {self.max_images!r}")
+        if self.train_ids is not None:
+            if isinstance(self.train_ids, str) or not all(isinstance(i, str) for i in self.train_ids) \
+                    or len(self.train_ids) == 0:
+                raise ValueError(f"train_ids must be None or a non-empty list of id strings, got {self.train_ids!r}")
+            self.train_ids = tuple(self.train_ids)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise ValueError(f"num_workers must be a non-negative integer, got {self.num_workers!r}")
+        if self.pseudo_stage not in STAGE_NAMES:
+            raise ValueError(f"pseudo_stage must be one of {STAGE_NAMES}, got {self.pseudo_stage!r}")
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A JSON-ready dict (``scale`` as a list)."""
+        out = dataclasses.asdict(self)
+        out["scale"] = list(self.scale)
+        out["train_ids"] = None if self.train_ids is None else list(self.train_ids)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "TrainConfig":
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
+        _check_fields(data)
+        return cls(**data)
+
+    def replace(self, **changes) -> "TrainConfig":
+        """A copy with ``changes`` applied (unknown fields raise ``ValueError``)."""
+        _check_fields(changes)
+        return dataclasses.replace(self, **changes)
+
+
+def _check_fields(data: Dict[str, Any]) -> None:
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown TrainConfig field(s) {unknown}; known fields: {sorted(known)}")
+
+
+CONFIGS: Dict[str, TrainConfig] = {
+    "paper": TrainConfig(
+        name="paper", backbone="resnet101", pretrained=True, output_stride=8, crop_size=321, scale=(0.5, 1.5),
+        step1_batch_size=10, step1_lr=1e-3, step1_iters=50_000,
+        step2_batch_size=8, step2_lr=5e-4, step2_iters=10_000,
+        rounds=2, grid=50, radius=17, eps=1e-6, checkpoint_interval=1000, log_interval=20, num_workers=4,
+    ),
+    "cpu": TrainConfig(
+        name="cpu", backbone="efficientnet_lite0", pretrained=True, output_stride=8, crop_size=256,
+        step1_batch_size=8, step1_lr=1e-3, step1_iters=600,
+        step2_batch_size=8, step2_lr=5e-4, step2_iters=400,
+        rounds=1, grid=50, radius=17, eps=1e-6, checkpoint_interval=100, log_interval=10, num_workers=2, amp=True,
+    ),
+    "smoke": TrainConfig(
+        name="smoke", backbone="efficientnet_lite0", pretrained=False, output_stride=8, max_images=4, crop_size=64,
+        step1_batch_size=2, step1_lr=1e-3, step1_iters=4,
+        step2_batch_size=2, step2_lr=5e-4, step2_iters=3,
+        rounds=1, grid=8, radius=4, eps=1e-6, pseudo_stage="G", checkpoint_interval=2, log_interval=1,
+        num_workers=0, amp=False,
+    ),
+}
+
+
+def budget_from_env() -> float:
+    """The ``SGWSSS_BUDGET`` scale (1.0 when unset); a clear ``ValueError`` when malformed."""
+    raw = os.environ.get(BUDGET_ENV, "").strip()
+    if not raw:
+        return 1.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{BUDGET_ENV} must be a positive number, got {raw!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{BUDGET_ENV} must be a positive number, got {raw!r}")
+    return value
+
+
+def scale_iterations(iters: int, budget: float) -> int:
+    """``max(1, round(iters * budget))``: the iteration count under a budget."""
+    return max(1, int(round(iters * budget)))
+
+
+def get_config(name: str = "cpu", budget: Optional[float] = None, **overrides) -> TrainConfig:
+    """The preset ``name`` (``paper``, ``cpu``, ``smoke``) with ``overrides`` applied.
+
+    The step-1 and step-2 iteration counts (after overrides) are multiplied by
+    ``budget`` (default: ``$SGWSSS_BUDGET``, else 1), see :func:`scale_iterations`.
+    Unknown names and unknown fields raise ``ValueError``.
+    """
+    if name not in CONFIGS:
+        raise ValueError(f"unknown config name {name!r}; choose one of {sorted(CONFIGS)}")
+    if "budget" in overrides:
+        raise ValueError("pass the budget as get_config(..., budget=x) or $SGWSSS_BUDGET, not as a field override")
+    cfg = CONFIGS[name].replace(**overrides)
+    budget = budget_from_env() if budget is None else float(budget)
+    if not budget > 0:
+        raise ValueError(f"budget must be positive, got {budget!r}")
+    if budget != 1.0:
+        cfg = cfg.replace(step1_iters=scale_iterations(cfg.step1_iters, budget),
+                          step2_iters=scale_iterations(cfg.step2_iters, budget), budget=budget)
+    return cfg
+
+
+def as_config(config) -> TrainConfig:
+    """Accept a :class:`TrainConfig`, a preset name or a dict (as stored in a checkpoint)."""
+    if isinstance(config, TrainConfig):
+        return config
+    if isinstance(config, str):
+        return get_config(config)
+    if isinstance(config, dict):
+        return TrainConfig.from_dict(config)
+    raise TypeError(f"config must be a TrainConfig, a preset name or a dict, got {type(config).__name__}")

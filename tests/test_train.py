@@ -1,0 +1,368 @@
+"""Algorithm 1 trainer: configs, poly LR, data order, atomic checkpoints, resume == uninterrupted, DDP, PNGs."""
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from PIL import Image
+
+from sgwsss.train import (CONFIGS, DataOrder, Runtime, atomic_save, get_config, load_checkpoint, poly_lr,
+                          read_checkpoint, train, train_step1, write_index_png)
+from sgwsss.train.loop import SeededItems
+
+REPO = Path(__file__).resolve().parents[1]
+VOC_ROOT = Path(os.environ.get("SGWSSS_VOC_ROOT", REPO.parent / "shared" / "voc-sample"))
+needs_voc = pytest.mark.skipif(not (VOC_ROOT / "VOCdevkit").is_dir(), reason=f"no VOC sample at {VOC_ROOT}")
+
+
+def smoke(**overrides):
+    return get_config("smoke", budget=1.0, **overrides)
+
+
+# ----------------------------------------------------------------------------- config
+def test_unknown_config_name_and_field():
+    with pytest.raises(ValueError, match="unknown config name 'gpu'"):
+        get_config("gpu")
+    with pytest.raises(ValueError, match=r"unknown TrainConfig field\(s\) \['step1_iterations'\]"):
+        get_config("cpu", step1_iterations=3)
+    with pytest.raises(ValueError, match="step1_iters must be a positive integer"):
+        get_config("cpu", step1_iters=0)
+
+
+def test_paper_preset_values():
+    p = CONFIGS["paper"]
+    assert (p.backbone, p.crop_size, p.step1_batch_size, p.step1_lr, p.step1_iters) == ("resnet101", 321, 10, 1e-3, 50_000)
+    assert (p.step2_batch_size, p.step2_lr, p.step2_iters, p.rounds) == (8, 5e-4, 10_000, 2)
+    assert (p.grid, p.radius, p.eps, p.momentum, p.weight_decay, p.poly_power) == (50, 17, 1e-6, 0.9, 5e-4, 0.9)
+
+
+def test_budget_env_scales_iterations(monkeypatch):
+    monkeypatch.setenv("SGWSSS_BUDGET", "0.1")
+    cfg = get_config("paper")
+    assert (cfg.step1_iters, cfg.step2_iters, cfg.budget) == (5000, 1000, 0.1)
+    assert get_config("smoke").step2_iters == 1  # never below one iteration
+    monkeypatch.setenv("SGWSSS_BUDGET", "fast")
+    with pytest.raises(ValueError, match="SGWSSS_BUDGET"):
+        get_config("cpu")
+    monkeypatch.delenv("SGWSSS_BUDGET")
+    assert get_config("paper").step1_iters == 50_000
+
+
+# ----------------------------------------------------------------------------- small synthetic setup
+class RandomItems(torch.utils.data.Dataset):
+    """Random images and labels; the 'augmentation' draws noise from the global torch RNG (seeded per item)."""
+
+    def __init__(self, n=8, size=32, seed=0, augment=True):
+        g = torch.Generator().manual_seed(seed)
+        self.images = torch.rand(n, 3, size, size, generator=g)
+        self.labels = (torch.rand(n, 20, generator=g) < 0.15).float()
+        self.labels[0] = 0  # an image without any object class is kept
+        self.augment = augment
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        img = self.images[i]
+        if self.augment:
+            img = (img + 0.05 * torch.randn(img.shape)).clamp(0, 1)
+        return {"image": img, "label": self.labels[i], "id": f"im{i}"}
+
+
+def tiny_model(seed=0):
+    from sgwsss.model import build_model
+
+    torch.manual_seed(seed)
+    return build_model("efficientnet_lite0", pretrained=False, output_stride=8, freeze_bn=True)
+
+
+# ----------------------------------------------------------------------------- poly LR
+def test_poly_lr_formula():
+    assert poly_lr(1e-3, 0, 100) == pytest.approx(1e-3)
+    assert poly_lr(1e-3, 50, 100) == pytest.approx(1e-3 * 0.5 ** 0.9)
+    assert poly_lr(2.0, 99, 100, power=1.0) == pytest.approx(0.02)
+    assert poly_lr(1.0, 100, 100) == 0.0
+    with pytest.raises(ValueError, match="iteration"):
+        poly_lr(1.0, 101, 100)
+
+
+def test_loop_applies_poly_lr_with_10x_new_layers(tmp_path):
+    cfg = smoke(step1_iters=3, log_interval=1, checkpoint_interval=100)
+    model = tiny_model()
+    seen = []
+    orig_step = torch.optim.SGD.step
+
+    def step(self, *a, **k):
+        seen.append([g["lr"] for g in self.param_groups])
+        return orig_step(self, *a, **k)
+
+    with pytest.MonkeyPatch.context() as mp_:
+        mp_.setattr(torch.optim.SGD, "step", step)
+        train_step1(model, RandomItems(), cfg, Runtime(work_dir=tmp_path, progress=False))
+    expected = [[1e-3 * (1 - i / 3) ** 0.9, 1e-2 * (1 - i / 3) ** 0.9] for i in range(3)]
+    np.testing.assert_allclose(seen, expected, rtol=1e-12)
+    logged = [json.loads(line)["lr"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    np.testing.assert_allclose(logged, [e[0] for e in expected], rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------- data order
+def test_data_order_epochs_ranks_and_resume():
+    single = DataOrder(10, 4, seed=3, round=1, step=1, iters=10)
+    stream = [i for it in range(10) for i, _ in single.global_batch(it)]
+    for e in range(4):  # every epoch is a permutation of the dataset
+        assert sorted(stream[10 * e:10 * e + 10]) == list(range(10))
+    assert stream[:10] != stream[10:20]  # a new order per epoch
+    ranks = [list(DataOrder(10, 2, seed=3, round=1, step=1, iters=10, rank=r, world_size=2)) for r in range(2)]
+    merged = [a + b for a, b in zip(*ranks)]
+    assert merged == list(single)  # two ranks x 2 items == one process x 4 items, aug seeds included
+    resumed = list(DataOrder(10, 4, seed=3, round=1, step=1, iters=10, start=6))
+    assert resumed == list(single)[6:]
+    other = list(DataOrder(10, 4, seed=3, round=1, step=2, iters=10))
+    assert other != list(single)
+
+
+def test_loss_curve_does_not_depend_on_loader_workers():
+    cfg = smoke(step1_iters=2, checkpoint_interval=100)
+    a = train_step1(tiny_model(), RandomItems(), cfg.replace(num_workers=0), Runtime(progress=False))["losses"]
+    b = train_step1(tiny_model(), RandomItems(), cfg.replace(num_workers=2), Runtime(progress=False))["losses"]
+    assert a == b
+
+
+def test_seeded_items_are_reproducible_and_leave_global_rng_alone():
+    ds = SeededItems(RandomItems(augment=True))
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a, b = ds[(2, 77)]["image"], ds[(2, 77)]["image"]
+    assert torch.equal(a, b)
+    assert not torch.equal(a, ds[(2, 78)]["image"])
+    assert torch.equal(before, torch.get_rng_state())
+
+
+# ----------------------------------------------------------------------------- atomic checkpoints
+def test_atomic_save_survives_crash_during_write(tmp_path, monkeypatch):
+    path = tmp_path / "ck" / "last.pt"
+    atomic_save({"w": torch.arange(3)}, path)
+
+    def broken_save(obj, f, *a, **k):
+        f.write(b"partial bytes")
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="simulated"):
+        atomic_save({"w": torch.zeros(5)}, path)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.arange(3))  # old file intact
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]  # no temp file left
+
+
+def test_palette_png_roundtrip(tmp_path):
+    mask = np.array([[0, 1, 20], [255, 15, 8]], dtype=np.int64)
+    write_index_png(mask, tmp_path / "a.png")
+    img = Image.open(tmp_path / "a.png")
+    assert img.mode == "P"
+    np.testing.assert_array_equal(np.array(img), mask)
+    pal = img.getpalette()
+    assert pal[3:6] == [128, 0, 0] and pal[45:48] == [192, 128, 128]  # aeroplane, person: the VOC colours
+    assert [p.name for p in tmp_path.iterdir()] == ["a.png"]
+
+
+@needs_voc
+def test_palette_matches_real_voc_masks(tmp_path):
+    png = sorted((VOC_ROOT / "VOCdevkit/VOC2012/SegmentationClass").glob("*.png"))[0]
+    write_index_png(np.zeros((2, 2), np.uint8), tmp_path / "z.png")
+    assert Image.open(png).getpalette()[: 3 * 21] == Image.open(tmp_path / "z.png").getpalette()[: 3 * 21]
+
+
+# ----------------------------------------------------------------------------- DDP equivalence
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo")
+    try:
+        cfg = smoke(step1_iters=3, step1_batch_size=2, checkpoint_interval=100)
+        model = tiny_model()
+        res = train_step1(model, RandomItems(), cfg, Runtime(rank=rank, world_size=world, progress=False))
+        if rank == 0:
+            torch.save({"losses": res["losses"], "model": model.state_dict()}, Path(out_dir) / "ddp.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ddp_two_processes_match_single_process(tmp_path):
+    port = _free_port()
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
+
+    cfg = smoke(step1_iters=3, step1_batch_size=4, checkpoint_interval=100)
+    model = tiny_model()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    single = train_step1(model, RandomItems(), cfg, Runtime(progress=False))["losses"]
+    assert len(ddp["losses"]) == 3
+    np.testing.assert_allclose(ddp["losses"], single, rtol=1e-4, atol=1e-6)
+    moved = 0
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(ddp["model"][k], v, rtol=1e-4, atol=1e-6)
+        moved += int(not torch.equal(v, start[k]))
+    assert moved > 0  # the weights did change: the comparison is not between two untouched models
+
+
+# ----------------------------------------------------------------------------- Algorithm 1 on real images
+class Kill(Exception):
+    """A simulated kill of the training process."""
+
+
+def killer(round, step, iteration):
+    def callback(event):
+        if (event["round"], event["step"], event["iteration"]) == (round, step, iteration):
+            raise Kill(f"killed at round {round} step {step} iteration {iteration}")
+
+    return callback
+
+
+SMALL_TRAIN_IDS = ["2008_001934", "2009_005055"]  # the two smallest train_aug images of the sample (~250x200)
+SMALL_VAL_IDS = ["2011_001722", "2007_008802"]
+
+
+def run_cfg():
+    # 2 real images, 64 px crops; checkpoints every 2 iterations; 2 rounds so resume crosses a round boundary;
+    # stage R: pseudo labels through the affinity random walk (T from the network's features)
+    return smoke(train_ids=SMALL_TRAIN_IDS, max_images=None, step1_iters=4, step2_iters=3, rounds=2,
+                 checkpoint_interval=2, pseudo_stage="R")
+
+
+def losses_of(metrics_path):
+    return [(r["round"], r["phase"], r["iteration"], r["loss"])
+            for r in map(json.loads, Path(metrics_path).read_text().splitlines()) if "loss" in r]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    work = tmp_path_factory.mktemp("full")
+    result = train(run_cfg(), voc_root=VOC_ROOT, work_dir=work, progress=False)
+    return work, result
+
+
+@needs_voc
+def test_train_writes_outputs(uninterrupted):
+    work, result = uninterrupted
+    cfg = run_cfg()
+    assert json.loads((work / "config.json").read_text()) == cfg.to_dict()
+    names = sorted(p.name for p in (work / "checkpoints").iterdir())
+    assert names == ["last.pt", "round1_step1.pt", "round1_step2.pt", "round2_step1.pt", "round2_step2.pt"]
+    final = read_checkpoint(work / "final.pt")
+    assert final["kind"] == "final" and final["progress"] == {"round": 2, "step": 2, "iteration": 3, "iters": 3}
+    recorded = losses_of(work / "metrics.jsonl")
+    assert [(r, p, i) for r, p, i, _ in recorded] == [(r, p, i) for r in (1, 2) for p, n in (("step1", 4), ("step2", 3))
+                                                      for i in range(1, n + 1)]
+    assert all(np.isfinite(loss) for *_, loss in recorded)
+    assert set(result["last_losses"]) == {"round1/step1", "round1/step2", "round2/step1", "round2/step2"}
+    # pseudo labels: one palette PNG per training id, image-sized, background / present classes / ignore only
+    from sgwsss.data import VOCSegmentation
+
+    ds = VOCSegmentation(VOC_ROOT, split=cfg.train_split, ids=SMALL_TRAIN_IDS)
+    for r in (1, 2):
+        pngs = sorted(p.stem for p in (work / f"round{r}" / "pseudo").glob("*.png"))
+        assert pngs == sorted(ds.ids)
+    for item in ds:
+        pl = np.array(Image.open(work / "round1" / "pseudo" / f"{item['id']}.png"))
+        assert pl.shape == tuple(item["image"].shape[1:])
+        allowed = {0, 255} | {int(c) + 1 for c in np.nonzero(item["label"].numpy())[0]}
+        assert set(np.unique(pl).tolist()) <= allowed
+
+
+@needs_voc
+def test_resume_after_kills_gives_identical_weights(uninterrupted, tmp_path):
+    full_work, _ = uninterrupted
+    cfg = run_cfg()
+    # killed mid step 1 (iteration 3 is lost: the last checkpoint is at 2) ...
+    with pytest.raises(Kill):
+        train(cfg, VOC_ROOT, tmp_path, progress=False, callback=killer(1, 1, 3))
+    assert read_checkpoint(tmp_path / "checkpoints" / "last.pt")["progress"]["iteration"] == 2
+    with pytest.raises(FileExistsError, match="resume=True"):
+        train(cfg, VOC_ROOT, tmp_path, progress=False)
+    # ... then at the start of step 2, with one pseudo label missing (as if killed while writing them) ...
+    with pytest.raises(Kill):
+        train(cfg, VOC_ROOT, tmp_path, resume=True, progress=False, callback=killer(1, 2, 1))
+    assert read_checkpoint(tmp_path / "checkpoints" / "last.pt")["progress"] == \
+        {"round": 1, "step": 1, "iteration": 4, "iters": 4}
+    sorted((tmp_path / "round1" / "pseudo").glob("*.png"))[1].unlink()
+    # ... then mid step 2 of round 2 (momentum buffers and grad state come from the checkpoint) ...
+    with pytest.raises(Kill):
+        train(cfg, VOC_ROOT, tmp_path, resume=True, progress=False, callback=killer(2, 2, 2))
+    assert not (tmp_path / "final.pt").exists()
+    # ... then resumed to the end
+    train(cfg, VOC_ROOT, tmp_path, resume=True, progress=False)
+
+    a = read_checkpoint(full_work / "final.pt")["model"]
+    b = read_checkpoint(tmp_path / "final.pt")["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert losses_of(tmp_path / "metrics.jsonl") == losses_of(full_work / "metrics.jsonl")
+    for r in (1, 2):
+        for png in (full_work / f"round{r}" / "pseudo").glob("*.png"):
+            np.testing.assert_array_equal(np.array(Image.open(png)),
+                                          np.array(Image.open(tmp_path / f"round{r}" / "pseudo" / png.name)))
+
+
+@needs_voc
+def test_resume_refuses_another_config(uninterrupted, tmp_path):
+    full_work, _ = uninterrupted
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.pt").write_bytes((full_work / "checkpoints" / "round1_step1.pt").read_bytes())
+    with pytest.raises(ValueError, match="step1_lr"):
+        train(run_cfg().replace(step1_lr=0.1), VOC_ROOT, tmp_path, resume=True, progress=False)
+
+
+@needs_voc
+def test_load_checkpoint_rebuilds_network(uninterrupted):
+    work, _ = uninterrupted
+    model, meta = load_checkpoint(work / "final.pt", device="cpu")
+    assert meta["backbone"] == "efficientnet_lite0" and meta["config"] == run_cfg()
+    stored = read_checkpoint(work / "final.pt")["model"]
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, stored[k])
+    with pytest.raises(ValueError, match="'efficientnet_lite0' network, but backbone='resnet101'"):
+        load_checkpoint(work / "final.pt", backbone="resnet101")
+
+
+@needs_voc
+def test_pseudo_labels_resumable_and_predict(uninterrupted, tmp_path):
+    from sgwsss.data import VOCSegmentation
+    from sgwsss.train import generate_pseudo_labels, predict
+
+    work, _ = uninterrupted
+    model, meta = load_checkpoint(work / "final.pt")
+    ids = SMALL_VAL_IDS
+    ds = VOCSegmentation(VOC_ROOT, split="val", ids=ids)
+    out = tmp_path / "pl"
+    assert generate_pseudo_labels(model, ds, out, stage="A", cfg=meta["config"], progress=False) == 2
+    first = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    (out / f"{ids[1]}.png").unlink()
+    assert generate_pseudo_labels(model, ds, out, stage="A", cfg=meta["config"], progress=False) == 1
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.stem != ids[1]} == \
+        {k: v for k, v in first.items() if k != f"{ids[1]}.png"}
+    # two "ranks" share the ids without overlap
+    split = tmp_path / "split"
+    n0 = generate_pseudo_labels(model, ds, split, stage="A", cfg=meta["config"], rank=0, world_size=2, progress=False)
+    assert (n0, sorted(p.stem for p in split.iterdir())) == (1, [ids[0]])
+
+    pred = tmp_path / "pred"
+    assert predict(model, ds, pred, progress=False) == 2
+    with torch.no_grad():
+        item = ds[0]
+        seg = model(item["image"][None]).seg
+        ref = torch.nn.functional.interpolate(seg, size=item["image"].shape[1:], mode="bilinear",
+                                              align_corners=False).argmax(1)[0].numpy()
+    np.testing.assert_array_equal(np.array(Image.open(pred / f"{ids[0]}.png")), ref)
