@@ -3,7 +3,8 @@
 * :func:`voc_root` -- where the data is: ``$SGWSSS_VOC_ROOT`` locally, a download
   into the cache in Colab.
 * :func:`work_dir` -- where chapters keep trained checkpoints so later chapters
-  reuse them (``$SGWSSS_WORK_DIR``, default ``~/.cache/sgwsss/work``).
+  reuse them (``$SGWSSS_WORK_DIR``, default ``<cache>/work`` with the cache of
+  :func:`sgwsss.data.cache_dir`, ``~/.cache/sgwsss`` by default).
 """
 from __future__ import annotations
 
@@ -35,8 +36,9 @@ def work_dir(name: str = "") -> Path:
     """Folder for the book's trained models and outputs (created if needed)."""
     base = os.environ.get("SGWSSS_WORK_DIR")
     if base is None:
-        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        base = os.path.join(cache, "sgwsss", "work")
+        from sgwsss.data import cache_dir
+
+        base = os.path.join(cache_dir(), "work")
     path = Path(base) / name if name else Path(base)
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -56,8 +56,9 @@ def _otsu_from_histograms(counts: np.ndarray, edges: np.ndarray) -> np.ndarray:
     centers = (edges[:, :-1] + edges[:, 1:]) / 2.0
     weight1 = np.cumsum(counts, axis=1)
     weight2 = np.cumsum(counts[:, ::-1], axis=1)[:, ::-1]
-    mean1 = np.cumsum(counts * centers, axis=1) / weight1
-    mean2 = (np.cumsum((counts * centers)[:, ::-1], axis=1) / weight2[:, ::-1])[:, ::-1]
+    with np.errstate(invalid="ignore", divide="ignore"):  # empty leading/trailing bins: 0/0, as in skimage
+        mean1 = np.cumsum(counts * centers, axis=1) / weight1
+        mean2 = (np.cumsum((counts * centers)[:, ::-1], axis=1) / weight2[:, ::-1])[:, ::-1]
     variance12 = weight1[:, :-1] * weight2[:, 1:] * (mean1[:, :-1] - mean2[:, 1:]) ** 2
     idx = np.argmax(variance12, axis=1)
     return centers[np.arange(len(idx)), idx]

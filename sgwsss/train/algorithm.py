@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -119,6 +120,10 @@ def _split_ids(root, cfg: TrainConfig) -> List[str]:
     ids = list(VOCSegmentation(root, split=cfg.train_split, ids=cfg.train_ids).ids)
     if not ids:
         raise ValueError(f"split {cfg.train_split!r} of {root} is empty")
+    if cfg.budget < 1:  # SGWSSS_BUDGET below 1 also thins the images, evenly over the split
+        keep = max(8, math.ceil(cfg.budget * len(ids)))
+        if keep < len(ids):
+            ids = [ids[i] for i in sorted({round(k * (len(ids) - 1) / (keep - 1)) for k in range(keep)})]
     return ids[: cfg.max_images] if cfg.max_images is not None else ids
 
 

@@ -19,7 +19,8 @@
 The environment variable ``SGWSSS_BUDGET`` (a positive float, default 1) scales the
 step-1 and step-2 iteration counts of whatever :func:`get_config` returns
 (``SGWSSS_BUDGET=0.1`` trains ten times shorter; at least one iteration per step
-is kept). It is the single switch the book uses to train shorter under test; the
+is kept); below 1 it also keeps only that fraction of the training images (at least 8, spread
+evenly over the split). It is the single switch the book uses to train shorter under test; the
 value used is recorded in the configuration's ``budget`` field.
 """
 from __future__ import annotations
@@ -159,10 +160,11 @@ CONFIGS: Dict[str, TrainConfig] = {
         rounds=2, grid=50, radius=17, eps=1e-6, checkpoint_interval=1000, log_interval=20, num_workers=4,
     ),
     "cpu": TrainConfig(
-        name="cpu", backbone="efficientnet_lite0", pretrained=True, output_stride=8, crop_size=256,
-        step1_batch_size=8, step1_lr=1e-3, step1_iters=600,
-        step2_batch_size=8, step2_lr=5e-4, step2_iters=400,
-        rounds=1, grid=50, radius=17, eps=1e-6, checkpoint_interval=100, log_interval=10, num_workers=2, amp=True,
+        name="cpu", backbone="efficientnet_lite0", pretrained=True, output_stride=16, crop_size=256,
+        scale=(0.7, 1.3), step1_batch_size=8, step1_lr=1e-3, step1_iters=500,
+        step2_batch_size=8, step2_lr=2.5e-4, step2_iters=300,
+        rounds=1, grid=25, radius=17, eps=1e-6, pseudo_stage="G", checkpoint_interval=100, log_interval=10,
+        num_workers=2, amp=True,
     ),
     "smoke": TrainConfig(
         name="smoke", backbone="efficientnet_lite0", pretrained=False, output_stride=8, max_images=4, crop_size=64,
