@@ -246,3 +246,34 @@ def show_label_maps(image, label_maps: dict, *, gt=None, title: str = "", ncols:
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
+
+
+def pipeline_figure(explorer, *, stages=("A", "R", "G", "G-iter15")):
+    """The pipeline at a glance on one image (an :class:`sgwsss.book.Explorer`):
+    the image, the maps of each stage (strongest present class per pixel), the
+    pseudo labels of the last stage (Eq. 11) and the ground truth."""
+    from sgwsss.data import colorize
+
+    plt = _plt()
+    item = explorer.item
+    panels = [("image (labels only: " + ", ".join(_names(item["label"])) + ")", to_hwc_uint8(item["image"]), None)]
+    for s in stages:
+        strongest = explorer.stage(s)[0].max(0).values.cpu().numpy()
+        panels.append((f"{s} maps (÷ max)", strongest / max(float(strongest.max()), 1e-12), "jet"))
+    panels.append((f"pseudo labels ({stages[-1]})", colorize(explorer.pseudo_label(stages[-1]).cpu().numpy()), None))
+    if "mask" in item:
+        panels.append(("ground truth (never used)", colorize(np.asarray(item["mask"])), None))
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.9 * len(panels), 2.9))
+    for ax, (name, img, cmap) in zip(axes, panels):
+        ax.imshow(img, cmap=cmap, vmin=0 if cmap else None, vmax=1 if cmap else None)
+        ax.set_title(name, fontsize=8)
+        ax.axis("off")
+    fig.suptitle("localization maps → random walk → self-guided refinement → pseudo labels")
+    fig.tight_layout()
+    return fig
+
+
+def _names(label):
+    from sgwsss.data import label_to_names
+
+    return label_to_names(label)
