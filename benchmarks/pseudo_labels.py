@@ -1,0 +1,90 @@
+"""Throughput of the whole pseudo-label stage and the share of each part.
+
+    python benchmarks/pseudo_labels.py [--checkpoint CKPT] [--images 30] [--device cpu|cuda] [--threads 2]
+
+Per image: network forward (localization maps + aggregation features), affinity
+and random walk (Eqs. 2-3, 5), self-guided refinement with 15 guided-filter
+iterations (Eqs. 6-8), pseudo labels (Eq. 11) -- the G-iter15 stage of Table 1.
+Prints images/s, the median ms of each part and its share, and whether the
+refinement costs at most half of the forward pass (the goal). Exits 0.
+"""
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from sgwsss.data import VOCSegmentation, resolve_root
+from sgwsss.model import build_model
+from sgwsss.refine.affinity import affinity_matrix, resize_to_grid, transition_matrix
+from sgwsss.refine.pseudo_label import pseudo_label
+from sgwsss.refine.random_walk import random_walk
+from sgwsss.refine.self_guided import self_guided_refine
+from sgwsss.refine.stages import normalize_maps
+from sgwsss.table1 import subset_indices
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--voc-root", default=None)
+    ap.add_argument("--checkpoint", default=None, help="a trained run's checkpoint (default: ImageNet weights)")
+    ap.add_argument("--images", type=int, default=30)
+    ap.add_argument("--iterations", type=int, default=15)
+    ap.add_argument("--grid", type=int, default=None)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if args.checkpoint:
+        from sgwsss.train import load_checkpoint
+
+        model, meta = load_checkpoint(args.checkpoint, device=device)
+        grid = args.grid or meta["config"].grid
+    else:
+        model = build_model("efficientnet_lite0", pretrained=True).to(device)
+        grid = args.grid or 50
+    model.eval()
+    ds = VOCSegmentation(resolve_root(args.voc_root), split="train")
+    parts = {"forward": [], "affinity + random walk": [], f"guided filter x{args.iterations}": [], "Eq. 11": []}
+    totals = []
+    for n, i in enumerate(subset_indices(len(ds), args.images + 2)):
+        item = ds[int(i)]
+        x, lab = item["image"][None].to(device), item["label"][None].to(device)
+        with torch.no_grad():
+            sync(device); t0 = time.perf_counter()
+            out = model(x)
+            sync(device); t1 = time.perf_counter()
+            T = transition_matrix(affinity_matrix(out.feat, grid=grid))
+            a = normalize_maps(out.cam, lab)
+            r = random_walk(T, resize_to_grid(a, grid))
+            r = normalize_maps(F.interpolate(r, size=x.shape[-2:], mode="bilinear", align_corners=False), lab)
+            sync(device); t2 = time.perf_counter()
+            g = self_guided_refine(x, r, iterations=args.iterations, labels=lab)
+            sync(device); t3 = time.perf_counter()
+            pseudo_label(g, lab)
+            sync(device); t4 = time.perf_counter()
+        if n < 2:  # warm-up
+            continue
+        for key, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            parts[key].append(dt)
+        totals.append(t4 - t0)
+    total = sum(totals)
+    print(f"device {device}, threads {torch.get_num_threads()}, {len(totals)} images, grid {grid}")
+    print(f"throughput: {len(totals) / total:.2f} images/s")
+    for key, vals in parts.items():
+        print(f"  {key:>24}: median {1000 * statistics.median(vals):7.1f} ms  ({100 * sum(vals) / total:4.1f}% of time)")
+    fwd = sum(parts["forward"])
+    refine = total - fwd
+    print(f"refinement / forward = {refine / fwd:.2f} (goal <= 0.5): {'met' if refine <= 0.5 * fwd else 'not met'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""The paper's Table 1 protocol on a VOC copy (the sample by default).
+
+    python benchmarks/table1.py --run RUN_DIR [--out results/table1] [--stages A,R,...]
+                                [--images N] [--step2-iters K] [--val-images M] [--crf]
+
+RUN_DIR is a finished ``sgwsss train`` run (its ``checkpoints/round1_step1.pt`` is
+the step-1 network every stage starts from). For each stage: (1) its pseudo
+labels' mIoU on ``train`` against the ground truth; (2) pseudo labels for the
+training split; (3) step 2 (L_seg, Eq. 12) from the step-1 network on them; (4)
+the segmentation network's mIoU on ``val`` without and with dense CRF. Writes
+``table1.json`` and ``table1.md`` (atomically) under ``--out``; the results
+chapter reads the JSON. Exits 0.
+"""
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from sgwsss.data import CLASSES, TrainTransform, VOCSegmentation, resolve_root
+from sgwsss.evaluate import per_class_table
+from sgwsss.refine.stages import STAGES
+from sgwsss.table1 import PAPER_TABLE1, stage_miou, subset_indices
+from sgwsss.train import generate_pseudo_labels, load_checkpoint, predict
+from sgwsss.train.loop import Runtime, train_step2
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", required=True, type=Path)
+    ap.add_argument("--voc-root", default=None)
+    ap.add_argument("--out", type=Path, default=Path("results/table1"))
+    ap.add_argument("--stages", default=",".join(STAGES))
+    ap.add_argument("--images", type=int, default=None, help="training images used (default: all of train_aug)")
+    ap.add_argument("--train-eval-images", type=int, default=None, help="train images scored (default: all)")
+    ap.add_argument("--val-images", type=int, default=None)
+    ap.add_argument("--step2-iters", type=int, default=None, help="default: the run's configuration")
+    ap.add_argument("--crf", action="store_true", help="also score val predictions with dense CRF")
+    args = ap.parse_args()
+    stages = args.stages.split(",")
+    root = resolve_root(args.voc_root)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    step1 = args.run / "checkpoints" / "round1_step1.pt"
+    model, meta = load_checkpoint(step1, device=device)
+    cfg = meta["config"]
+    if args.step2_iters:
+        cfg = cfg.replace(step2_iters=args.step2_iters)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = {"config": cfg.to_dict(), "run": str(args.run), "stages": {}}
+
+    train = VOCSegmentation(root, split="train", with_mask=True)
+    idx = subset_indices(len(train), args.train_eval_images)
+    pl_scores = stage_miou(model, train, stages, grid=cfg.grid, beta=cfg.beta, indices=idx)
+
+    full = VOCSegmentation(root, split=cfg.train_split)
+    ids = [full.ids[i] for i in subset_indices(len(full), args.images)]
+    val = VOCSegmentation(root, split="val")
+    val_ids = [val.ids[i] for i in subset_indices(len(val), args.val_images)]
+    for stage in stages:
+        t0 = time.perf_counter()
+        sdir = args.out / stage.replace("/", "")
+        pseudo = sdir / "pseudo"
+        model, _ = load_checkpoint(step1, device=device)
+        generate_pseudo_labels(model, VOCSegmentation(root, split=cfg.train_split, ids=ids), pseudo, stage=stage,
+                               cfg=cfg)
+        ds2 = VOCSegmentation(root, split=cfg.train_split, ids=ids, mask_dir=pseudo,
+                              transform=TrainTransform(crop_size=cfg.crop_size, scale=cfg.scale))
+        train_step2(model, ds2, cfg, Runtime(device=device, work_dir=None))
+        model.eval()
+        row = {"pseudo_label_miou_train": pl_scores[stage]["miou"], "images": len(ids), "val_images": len(val_ids)}
+        for crf in ([False, True] if args.crf else [False]):
+            pred = sdir / ("pred_crf" if crf else "pred")
+            predict(model, VOCSegmentation(root, split="val", ids=val_ids), pred, crf=crf)
+            scores = _evaluate_ids(root, pred, val_ids)
+            row["val_miou_crf" if crf else "val_miou"] = scores["miou"]
+            row["val_iou_crf" if crf else "val_iou"] = scores["iou"]
+        row["seconds"] = time.perf_counter() - t0
+        results["stages"][stage] = row
+        write_atomic(args.out / "table1.json", json.dumps(results, indent=1))
+        print(stage, {k: v for k, v in row.items() if "iou" not in k or "miou" in k}, flush=True)
+
+    lines = ["| stage | pseudo-label mIoU (train) | val mIoU | val mIoU + CRF | paper |", "|---|---|---|---|---|"]
+    fmt = lambda v: "-" if v is None else f"{100 * v:.1f}"
+    for s, r in results["stages"].items():
+        lines.append(f"| {s} | {fmt(r['pseudo_label_miou_train'])} | {fmt(r.get('val_miou'))} | "
+                     f"{fmt(r.get('val_miou_crf'))} | {PAPER_TABLE1[s] if PAPER_TABLE1[s] is not None else 'n/a'} |")
+    per_class = {s: {"miou": r["val_miou"], "iou": r["val_iou"]} for s, r in results["stages"].items()}
+    md = "\n".join(lines) + "\n\nPer class (val, no CRF):\n\n" + per_class_table(per_class, CLASSES) + "\n"
+    write_atomic(args.out / "table1.md", md)
+    print(md)
+
+
+def _evaluate_ids(root, pred_dir, ids):
+    """mIoU over ``ids`` only (evaluate_folder scores a whole split)."""
+    import numpy as np
+    from PIL import Image
+
+    from sgwsss.evaluate import ConfusionMeter
+
+    meter = ConfusionMeter()
+    gt_ds = VOCSegmentation(root, split="val", with_mask=True, ids=ids)
+    for item in gt_ds:
+        meter.update(np.array(Image.open(Path(pred_dir) / f"{item['id']}.png")), item["mask"].numpy())
+    return meter.as_dict(CLASSES)
+
+
+if __name__ == "__main__":
+    main()
