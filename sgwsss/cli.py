@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -102,7 +103,8 @@ def _cmd_train(args) -> int:
 
     cfg = get_config(args.config, **_parse_overrides(args.set))
     result = train(cfg, voc_root=args.voc_root, work_dir=args.work_dir, resume=args.resume)
-    print(json.dumps(result, indent=None, default=str))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary
+        print(json.dumps(result, indent=None, default=str))
     return 0
 
 
