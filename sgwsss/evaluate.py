@@ -16,11 +16,9 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
+import torch
 
-try:
-    import torch
-except ImportError:  # pragma: no cover
-    torch = None  # type: ignore[assignment]
+from sgwsss.data.voc import CLASSES
 
 __all__ = [
     "VOC_CLASSES",
@@ -32,16 +30,12 @@ __all__ = [
     "evaluate_folder",
 ]
 
-#: PASCAL VOC 2012 class names, index order (0 = background).
-VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car",
-    "cat", "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person",
-    "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)
+#: PASCAL VOC 2012 class names, index order (0 = background): the data layer's list.
+VOC_CLASSES = CLASSES
 
 
 def _to_numpy(x, name: str) -> np.ndarray:
-    if torch is not None and isinstance(x, torch.Tensor):
+    if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy()
     if isinstance(x, np.ndarray):
         return x
