@@ -65,7 +65,7 @@ def main():
             T = transition_matrix(affinity_matrix(out.feat, grid=grid))
             a = normalize_maps(out.cam, lab)
             r = random_walk(T, resize_to_grid(a, grid))
-            r = normalize_maps(F.interpolate(r, size=x.shape[-2:], mode="bilinear", align_corners=False), lab)
+            r = F.interpolate(r, size=x.shape[-2:], mode="bilinear", align_corners=False)  # as refine_stage("G")
             sync(device); t2 = time.perf_counter()
             g = self_guided_refine(x, r, iterations=args.iterations, labels=lab)
             sync(device); t3 = time.perf_counter()
