@@ -95,6 +95,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--device", default="cpu", help="device of the sgwsss side (cpu or cuda)")
     ap.add_argument("--no-accuracy", action="store_true", help="skip the float64 reference comparison")
+    ap.add_argument("--save", default=None, metavar="NAME",
+                    help="result name under sgwsss/results/ (default: guided_filter, or guided_filter_cuda)")
+    ap.add_argument("--no-save", action="store_true", help="print only; do not write the JSON")
     args = ap.parse_args(argv)
 
     import cv2
@@ -192,6 +195,21 @@ def main(argv=None) -> int:
             f"sgwsss {max(err_sg):.2e} (median {statistics.median(err_sg):.1e})  "
             f"OpenCV {max(err_cv):.2e} (median {statistics.median(err_cv):.1e})"
         )
+    if not args.no_save:
+        from sgwsss.report import save_result
+
+        name = args.save or ("guided_filter" if device.type == "cpu" else f"guided_filter_{device.type}")
+        path = save_result(name, {
+            "images": len(t_sg), "maps": n_maps, "iterations": iters, "radius": r, "eps": eps,
+            "threads": args.threads, "device": str(device), "opencv": cv2.__version__,
+            "backend": GuidedFilter(img_t[:, :, :8, :8], r, eps).backend,
+            "refine_ms_sgwsss": med_sg, "refine_ms_opencv": med_cv, "refine_ratio": med_cv / med_sg,
+            "filter_ms_sgwsss": ms_sg, "filter_ms_opencv": ms_cv, "filter_ratio": ms_cv / ms_sg,
+            "max_error_sgwsss": max(err_sg) if err_sg else None, "max_error_opencv": max(err_cv) if err_cv else None,
+            "median_error_sgwsss": statistics.median(err_sg) if err_sg else None,
+            "median_error_opencv": statistics.median(err_cv) if err_cv else None,
+        })
+        print(f"saved {path}")
     return 0
 
 

@@ -39,6 +39,7 @@ def main():
     ap.add_argument("--grid", type=int, default=None)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-save", action="store_true", help="print only; do not write sgwsss/results/pseudo_labels*.json")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -84,6 +85,17 @@ def main():
     fwd = sum(parts["forward"])
     refine = total - fwd
     print(f"refinement / forward = {refine / fwd:.2f} (goal <= 0.5): {'met' if refine <= 0.5 * fwd else 'not met'}")
+    if not args.no_save:
+        from sgwsss.report import save_result
+
+        name = "pseudo_labels" if device.type == "cpu" else f"pseudo_labels_{device.type}"
+        path = save_result(name, {
+            "device": str(device), "threads": torch.get_num_threads(), "images": len(totals), "grid": grid,
+            "iterations": args.iterations, "checkpoint": args.checkpoint, "images_per_second": len(totals) / total,
+            "median_ms": {k: 1000 * statistics.median(v) for k, v in parts.items()},
+            "share": {k: sum(v) / total for k, v in parts.items()}, "refine_over_forward": refine / fwd,
+        })
+        print(f"saved {path}")
 
 
 if __name__ == "__main__":

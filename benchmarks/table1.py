@@ -1,15 +1,16 @@
 """The paper's Table 1 protocol on a VOC copy (the sample by default).
 
-    python benchmarks/table1.py --run RUN_DIR [--out results/table1] [--stages A,R,...]
+    python benchmarks/table1.py --run RUN_DIR [--out runs/table1] [--stages A,R,...]
                                 [--images N] [--step2-iters K] [--val-images M] [--crf]
 
 RUN_DIR is a finished ``sgwsss train`` run (its ``checkpoints/round1_step1.pt`` is
-the step-1 network every stage starts from). For each stage: (1) its pseudo
-labels' mIoU on ``train`` against the ground truth; (2) pseudo labels for the
-training split; (3) step 2 (L_seg, Eq. 12) from the step-1 network on them; (4)
-the segmentation network's mIoU on ``val`` without and with dense CRF. Writes
-``table1.json`` and ``table1.md`` (atomically) under ``--out``; the results
-chapter reads the JSON. Exits 0.
+the step-1 network every stage starts from). For each stage: (1) pseudo labels
+for the training split; (2) step 2 (L_seg, Eq. 12) from the step-1 network on
+them; (3) the segmentation network's mIoU on ``val`` without and with dense CRF.
+The pseudo labels' own mIoU on ``train`` comes from ``benchmarks/stages.py``
+(``sgwsss/results/stages.json``) when it was run on the same RUN_DIR. Saves
+``sgwsss/results/table1.json`` (the results chapter reads it) and writes the
+pseudo labels, predictions and ``table1.md`` under ``--out``. Exits 0.
 """
 import argparse
 import json
@@ -22,7 +23,8 @@ import torch
 from sgwsss.data import CLASSES, TrainTransform, VOCSegmentation, resolve_root
 from sgwsss.evaluate import per_class_table
 from sgwsss.refine.stages import STAGES
-from sgwsss.table1 import PAPER_TABLE1, stage_miou, subset_indices
+from sgwsss.report import load_result, save_result
+from sgwsss.table1 import PAPER_TABLE1, subset_indices
 from sgwsss.train import generate_pseudo_labels, load_checkpoint, predict
 from sgwsss.train.loop import Runtime, train_step2
 
@@ -37,13 +39,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True, type=Path)
     ap.add_argument("--voc-root", default=None)
-    ap.add_argument("--out", type=Path, default=Path("results/table1"))
+    ap.add_argument("--out", type=Path, default=Path("runs/table1"))
     ap.add_argument("--stages", default=",".join(STAGES))
     ap.add_argument("--images", type=int, default=None, help="training images used (default: all of train_aug)")
-    ap.add_argument("--train-eval-images", type=int, default=None, help="train images scored (default: all)")
     ap.add_argument("--val-images", type=int, default=None)
     ap.add_argument("--step2-iters", type=int, default=None, help="default: the run's configuration")
     ap.add_argument("--crf", action="store_true", help="also score val predictions with dense CRF")
+    ap.add_argument("--no-save", action="store_true", help="do not write sgwsss/results/table1.json")
     args = ap.parse_args()
     stages = args.stages.split(",")
     root = resolve_root(args.voc_root)
@@ -55,10 +57,9 @@ def main():
         cfg = cfg.replace(step2_iters=args.step2_iters)
     args.out.mkdir(parents=True, exist_ok=True)
     results = {"config": cfg.to_dict(), "run": str(args.run), "stages": {}}
-
-    train = VOCSegmentation(root, split="train", with_mask=True)
-    idx = subset_indices(len(train), args.train_eval_images)
-    pl_scores = stage_miou(model, train, stages, grid=cfg.grid, beta=cfg.beta, indices=idx)
+    measured = load_result("stages")
+    if measured is not None and Path(measured["run"]).resolve() != args.run.resolve():
+        measured = None  # another run's pseudo labels
 
     full = VOCSegmentation(root, split=cfg.train_split)
     ids = [full.ids[i] for i in subset_indices(len(full), args.images)]
@@ -75,7 +76,9 @@ def main():
                               transform=TrainTransform(crop_size=cfg.crop_size, scale=cfg.scale))
         train_step2(model, ds2, cfg, Runtime(device=device, work_dir=None))
         model.eval()
-        row = {"pseudo_label_miou_train": pl_scores[stage]["miou"], "images": len(ids), "val_images": len(val_ids)}
+        pl = (measured or {}).get("stages", {}).get(stage, {})
+        row = {"pseudo_label_miou_train": pl.get("miou"), "images": len(ids), "val_images": len(val_ids),
+               "step2_iters": cfg.step2_iters}
         for crf in ([False, True] if args.crf else [False]):
             pred = sdir / ("pred_crf" if crf else "pred")
             predict(model, VOCSegmentation(root, split="val", ids=val_ids), pred, crf=crf)
@@ -85,6 +88,8 @@ def main():
         row["seconds"] = time.perf_counter() - t0
         results["stages"][stage] = row
         write_atomic(args.out / "table1.json", json.dumps(results, indent=1))
+        if not args.no_save:
+            save_result("table1", results)
         print(stage, {k: v for k, v in row.items() if "iou" not in k or "miou" in k}, flush=True)
 
     lines = ["| stage | pseudo-label mIoU (train) | val mIoU | val mIoU + CRF | paper |", "|---|---|---|---|---|"]

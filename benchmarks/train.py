@@ -24,6 +24,7 @@ def main():
     ap.add_argument("--voc-root", default=None)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--no-save", action="store_true", help="print only; do not write sgwsss/results/train_*.json")
     args = ap.parse_args()
     device = torch.device(args.device)
     if args.config == "paper" and device.type != "cuda":
@@ -41,6 +42,7 @@ def main():
     opt = torch.optim.SGD(model.param_groups(cfg.step1_lr, cfg.weight_decay), lr=cfg.step1_lr, momentum=0.9)
     print(f"config {cfg.name}: {cfg.backbone}, crop {cfg.crop_size}, grid {cfg.grid}, device {device}, "
           f"threads {torch.get_num_threads()}")
+    steps = {}
     for step, bs in ((1, cfg.step1_batch_size), (2, cfg.step2_batch_size)):
         loader = torch.utils.data.DataLoader(ds, batch_size=bs, shuffle=True, num_workers=2, drop_last=True)
         it = iter(loader)
@@ -70,6 +72,17 @@ def main():
         else:
             peak = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB RSS (process peak so far)"
         print(f"step {step}: batch {bs}, {ips:.2f} images/s, {1000 * sum(times) / len(times):.0f} ms/iteration, peak {peak}")
+        steps[f"step{step}"] = {"batch": bs, "images_per_second": ips, "ms_per_iteration": 1000 * sum(times) / len(times),
+                                "peak_mib": (torch.cuda.max_memory_allocated() if device.type == "cuda" else
+                                             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20,
+                                "peak_kind": "GPU max_memory_allocated" if device.type == "cuda" else "process peak RSS"}
+    if not args.no_save:
+        from sgwsss.report import save_result
+
+        path = save_result(f"train_{cfg.name}" + ("" if device.type == "cpu" else f"_{device.type}"), {
+            "config": cfg.name, "backbone": cfg.backbone, "crop": cfg.crop_size, "grid": cfg.grid,
+            "device": str(device), "threads": torch.get_num_threads(), "iterations": args.iters, **steps})
+        print(f"saved {path}")
 
 
 if __name__ == "__main__":

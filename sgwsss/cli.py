@@ -20,9 +20,9 @@ import sys
 from pathlib import Path
 
 from sgwsss import __version__
+from sgwsss.constants import STAGES
 
 # The Table 1 stage names; kept here too so that ``--help`` needs no torch import.
-STAGE_NAMES = ("A", "R", "G-w/o-aff", "G", "G-iter15-w/o-aff", "G-iter15")
 CONFIG_NAMES = ("cpu", "paper", "smoke")
 SPLITS = ("train", "train_aug", "val")
 
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, type=_existing_file)
     p.add_argument("--voc-root", default=None, help=voc_help)
     p.add_argument("--split", default="train", choices=SPLITS)
-    p.add_argument("--stage", default="G-iter15", choices=STAGE_NAMES)
+    p.add_argument("--stage", default="G-iter15", choices=STAGES)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--crf", action="store_true", help="dense CRF post-processing")
 

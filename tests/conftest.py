@@ -57,3 +57,15 @@ def voc_small_dataset(voc_root, voc_small):
     from sgwsss.data.voc import VOCSegmentation
 
     return VOCSegmentation(voc_root, split="train", ids=voc_small, with_mask=True)
+
+
+@pytest.fixture(params=["numba", "torch"])
+def cpu_path(request, monkeypatch):
+    """Run a test through both CPU paths of sgwsss.refine: the fused numba kernels and plain torch."""
+    from sgwsss.refine import _cpu_kernels
+
+    if request.param == "numba" and not _cpu_kernels.available():
+        pytest.skip("numba is not installed")
+    if request.param == "torch":
+        monkeypatch.setattr(_cpu_kernels, "available", lambda: False)
+    return request.param

@@ -10,6 +10,9 @@ from PIL import Image
 from sgwsss.refine.guided_filter import GuidedFilter, box_sum, guide_statistics, guided_filter, window_counts
 
 
+pytestmark = pytest.mark.usefixtures("cpu_path")  # both CPU paths: numba kernels and torch
+
+
 # ----------------------------------------------------------------------------- references
 def naive_guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
     """He et al.'s filter by explicit window loops, float64. guide (C, H, W), src (H, W)."""
@@ -247,6 +250,22 @@ def test_guide_statistics_match_float64_windows():
     np.testing.assert_allclose(st.mean[0, :, y, x].numpy(), mu, rtol=1e-12)
     packed = [inv[0, 0], inv[0, 1], inv[0, 2], inv[1, 1], inv[1, 2], inv[2, 2]]
     np.testing.assert_allclose(st.inverse[0, :, y, x].numpy(), packed, rtol=1e-9)
+
+
+def test_backends_agree_and_report_their_choice(cpu_path):
+    g = torch.Generator().manual_seed(9)
+    guide = torch.rand(1, 3, 40, 50, generator=g)
+    src = torch.rand(1, 2, 40, 50, generator=g)
+    auto = GuidedFilter(guide, 6, 1e-6)
+    assert auto.backend == cpu_path
+    want = GuidedFilter(guide.double(), 6, 1e-6, backend="torch")(src.double())
+    torch.testing.assert_close(auto(src).double(), want, rtol=0, atol=2e-5)
+    assert GuidedFilter(guide, 6, 1e-6, backend="torch").backend == "torch"
+    if cpu_path == "torch":  # numba "missing": asking for it is a clear error
+        with pytest.raises(RuntimeError, match="numba is not installed"):
+            GuidedFilter(guide, 6, 1e-6, backend="numba")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        GuidedFilter(guide, 6, 1e-6, backend="fast")
 
 
 # ----------------------------------------------------------------------------- errors

@@ -11,6 +11,9 @@ from skimage.filters import threshold_otsu
 from sgwsss.refine.otsu import binarize, otsu_threshold
 
 
+pytestmark = pytest.mark.usefixtures("cpu_path")  # both CPU paths: numba kernels and torch
+
+
 def _assert_same_as_skimage(maps: np.ndarray, nbins: int = 256) -> None:
     got = otsu_threshold(torch.from_numpy(maps), nbins=nbins).numpy()
     assert got.shape == maps.shape[:2]

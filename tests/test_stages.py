@@ -47,15 +47,19 @@ def test_stage_names():
     assert STAGES == ("A", "R", "G-w/o-aff", "G", "G-iter15-w/o-aff", "G-iter15")
 
 
-def test_stage_a_is_relu_max_normalised_and_upsampled():
+def test_stage_a_is_min_max_normalised_and_upsampled():
     image, cam, labels, _ = _inputs()
-    cam[0, 3] = -1.0  # present but never positive -> zero map
+    cam[0, 3] = cam[0, 3] - 10.0  # present but never positive: keeps its relative evidence
+    cam[1, 4] = 2.5  # present but constant -> zero map
     got = refine_stage("A", image, cam, labels)
-    relu = cam.clamp_min(0)
-    norm = relu / relu.amax((2, 3), keepdim=True).clamp_min(1e-12)
+    c64 = cam.double()
+    lo, hi = c64.amin((2, 3), keepdim=True), c64.amax((2, 3), keepdim=True)
+    norm = torch.where(hi > lo, (c64 - lo) / (hi - lo), 0.0).float()
     want = F.interpolate(norm, size=(H, W), mode="bilinear", align_corners=False) * labels[:, :, None, None]
     torch.testing.assert_close(got, want)
-    assert got[0, 3].abs().max() == 0 and got[0, 0].abs().max() == 0  # negative / absent
+    assert got[0, 0].abs().max() == 0 and got[1, 4].abs().max() == 0  # absent / constant
+    a = normalize_maps(cam, labels)
+    assert a[0, 3].amin() == 0 and torch.allclose(a[0, 3].amax(), torch.tensor(1.0))
     assert torch.allclose(normalize_maps(cam)[1, 0].amax(), torch.tensor(1.0))
 
 

@@ -44,7 +44,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+
+from sgwsss.refine import _cpu_kernels
 
 __all__ = [
     "window_counts",
@@ -53,7 +56,12 @@ __all__ = [
     "guide_statistics",
     "GuidedFilter",
     "guided_filter",
+    "BACKENDS",
 ]
+
+#: ``GuidedFilter(backend=...)``: ``"auto"`` uses the fused numba kernel for colour guides on
+#: the CPU when numba is installed and the torch path otherwise; ``"torch"`` / ``"numba"`` force one.
+BACKENDS = ("auto", "torch", "numba")
 
 # Packed upper triangle of a symmetric 3 x 3 matrix: (00, 01, 02, 11, 12, 22).
 _SYM3 = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
@@ -84,6 +92,23 @@ def window_counts(
     nh = (i + radius).clamp(max=height - 1) - (i - radius).clamp(min=0) + 1
     nw = (j + radius).clamp(max=width - 1) - (j - radius).clamp(min=0) + 1
     return (nh[:, None] * nw[None, :]).to(dtype)
+
+
+def _window_lengths(length: int, radius: int) -> np.ndarray:
+    """``1 / (number of positions in each clipped 1-D window)``: (length,) float64."""
+    i = np.arange(length)
+    return 1.0 / (np.minimum(i + radius, length - 1) - np.maximum(i - radius, 0) + 1)
+
+
+def _use_kernel(backend: str, guide: torch.Tensor) -> bool:
+    """Whether the numba kernels run for this guide (see :data:`BACKENDS`)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    ok = guide.device.type == "cpu" and guide.shape[1] == 3
+    if backend == "numba" and not (ok and _cpu_kernels.available()):
+        why = "numba is not installed" if not _cpu_kernels.available() else "it needs a colour guide on the CPU"
+        raise RuntimeError(f"backend='numba' is unavailable: {why}; use backend='torch' or 'auto'")
+    return backend != "torch" and ok and _cpu_kernels.available()
 
 
 def _accumulate_dtype(x: torch.Tensor) -> torch.dtype:
@@ -157,18 +182,25 @@ def _check_guide(guide: torch.Tensor) -> None:
         raise TypeError(f"guide must be a floating point tensor (values in [0, 1]), got {guide.dtype}")
 
 
-def guide_statistics(guide: torch.Tensor, radius: int = 17, eps: float = 1e-6) -> GuideStatistics:
+def guide_statistics(guide: torch.Tensor, radius: int = 17, eps: float = 1e-6, backend: str = "auto") -> GuideStatistics:
     """Window means and inverse regularised covariances of the guide, in float64.
 
     ``guide``: (B, C, H, W) with C = 3 (colour, full covariance) or C = 1 (grey).
     These are the guide-only parts of Eq. 7; they are shared by all maps of the
-    image and all refinement iterations.
+    image and all refinement iterations. ``backend`` as in :class:`GuidedFilter`.
     """
     _check_guide(guide)
     radius, eps = _check_radius(radius), _check_eps(eps)
     g = guide.detach().to(torch.float64)
     b, c, h, w = g.shape
     counts = window_counts(h, w, radius, device=g.device)
+    if _use_kernel(backend, g):
+        g = g.contiguous()
+        inv_nh, inv_nw = _window_lengths(h, radius), _window_lengths(w, radius)
+        stats = [_cpu_kernels.guide_stats(g[i].numpy(), radius, eps, inv_nh, inv_nw) for i in range(b)]
+        mean = torch.from_numpy(np.stack([m for m, _ in stats]))
+        inverse = torch.from_numpy(np.stack([v for _, v in stats]))
+        return GuideStatistics(radius, eps, g, mean, inverse, counts)
     inv_n = 1.0 / counts
     mean = box_sum(g, radius) * inv_n
     if c == 1:
@@ -243,15 +275,24 @@ class GuidedFilter:
     on binary maps. On CPU the per-map path runs in float32 (float64 for float64
     ``src``); on other devices in float64. ``max_maps`` bounds how many maps are
     filtered at once (scratch memory). Not thread-safe (scratch buffers are reused).
+
+    ``backend`` (see :data:`BACKENDS`): on the CPU with a colour guide the default
+    ``"auto"`` runs the fused numba kernel (:mod:`sgwsss.refine._cpu_kernels`: four
+    passes per map, float64 running sums, as many threads as torch uses) when numba
+    is installed, else the torch path; both give the same result to ~1e-6.
     """
 
-    def __init__(self, guide: torch.Tensor, radius: int = 17, eps: float = 1e-6, max_maps: int = 8):
-        self.stats = guide_statistics(guide, radius, eps)
+    def __init__(self, guide: torch.Tensor, radius: int = 17, eps: float = 1e-6, max_maps: int = 8,
+                 backend: str = "auto"):
+        self.stats = guide_statistics(guide, radius, eps, backend)
         self.radius = self.stats.radius
         self.eps = self.stats.eps
         self.max_maps = max(int(max_maps), 1)
         self._derived: dict[tuple, tuple] = {}
         self._ws = _Workspace()
+        self.backend = "numba" if _use_kernel(backend, self.stats.guide) else "torch"
+        self._np_stats = None
+        self._crops: dict[tuple, tuple] = {}
 
     @property
     def shape(self):
@@ -317,6 +358,8 @@ class GuidedFilter:
             if box is None:
                 return src.to(out_dtype, copy=True)
         (ay0, ay1, ax0, ax1), (cy0, cy1, cx0, cx1) = box
+        if self.backend == "numba":
+            return self._filter_kernel(src, box, dtype).to(out_dtype)
         tensors = [t[..., cy0:cy1, cx0:cx1] for t in self._tensors(dtype)]
         chunk = max(self.max_maps // max(b, 1), 1)
         if box[1] == (0, h, 0, w) and chunk >= k:  # one block over the whole image
@@ -326,6 +369,44 @@ class GuidedFilter:
             q = self._filter_block(src[:, k0 : k0 + chunk, cy0:cy1, cx0:cx1], *tensors)
             out[:, k0 : k0 + chunk, ay0:ay1, ax0:ax1] = q[..., ay0 - cy0 : ay1 - cy0, ax0 - cx0 : ax1 - cx0]
         return out.to(out_dtype)
+
+    def _filter_kernel(self, src: torch.Tensor, box, dtype) -> torch.Tensor:
+        """The numba path of :meth:`_filter`: the crop ``box`` of each image through the fused kernel."""
+        (ay0, ay1, ax0, ax1), (cy0, cy1, cx0, cx1) = box
+        np_dtype = np.float64 if dtype == torch.float64 else np.float32
+        if self._np_stats is None or self._np_stats[0].dtype != np_dtype:
+            st = self.stats
+            h, w = st.counts.shape
+            self._np_stats = (st.guide.numpy().astype(np_dtype), st.mean.numpy().astype(np_dtype),
+                              (st.inverse / st.counts).numpy().astype(np_dtype),
+                              _window_lengths(h, self.radius), _window_lengths(w, self.radius))
+        guide, mean, inv_n_cov, inv_nh, inv_nw = self._np_stats
+        _cpu_kernels.prepare_threads(torch.get_num_threads())
+        full = box[1] == (0, src.shape[2], 0, src.shape[3])
+        out = torch.empty(src.shape, dtype=dtype) if full else src.to(dtype, copy=True)
+        crop = np.s_[cy0:cy1, cx0:cx1]
+        scratch = self._ws.get("kernel", (8 * (cy1 - cy0) * (cx1 - cx0),), dtype, torch.device("cpu")).numpy()
+        for i in range(src.shape[0]):
+            p = src[i, :, cy0:cy1, cx0:cx1]
+            p = p.view(torch.uint8) if p.dtype == torch.bool else p if p.dtype in (torch.float32, torch.float64) \
+                else p.float()
+            q = np.empty(p.shape, dtype=np.float64 if dtype == torch.float64 else np.float32)
+            # contiguous crops (the kernel's inner loops vectorise over unit-stride rows), cached:
+            # the iterations of one map usually keep the same crop box
+            key = (i, box[1], np_dtype)
+            if key not in self._crops:
+                if len(self._crops) >= 4:
+                    self._crops.pop(next(iter(self._crops)))
+                self._crops[key] = tuple(np.ascontiguousarray(a[i][(slice(None), *crop)])
+                                         for a in (guide, mean, inv_n_cov))
+            _cpu_kernels.filter_maps(np.ascontiguousarray(p.numpy()), *self._crops[key], inv_nh[cy0:cy1],
+                                     inv_nw[cx0:cx1], self.radius, q, scratch)
+            q = torch.from_numpy(q)
+            if full:
+                out[i] = q
+            else:
+                out[i, :, ay0:ay1, ax0:ax1] = q[:, ay0 - cy0 : ay1 - cy0, ax0 - cx0 : ax1 - cx0]
+        return out
 
     def _box(self, m: int, h: int, w: int, dtype, device) -> torch.Tensor:
         """Window sums of the scratch input ``xw`` (see :meth:`_input`): (m, h, w) view."""
@@ -418,13 +499,8 @@ def _average_and_apply(sums, guide_ones) -> torch.Tensor:
     return q
 
 
-def _active_region(p: torch.Tensor, radius: int):
-    """Bounding boxes where the filter can change ``p`` (see ``skip_constant``).
-
-    Returns None when every map is constant, else ``(active, crop)`` as
-    ``(y0, y1, x0, x1)`` boxes: outside ``active`` every (4r+1)-neighbourhood is
-    constant (output = input); ``crop`` adds the 2r margin the computation needs.
-    """
+def _changes(p: torch.Tensor):
+    """Torch path of :func:`_active_region`: rows (H,) and columns (W,) where some map changes."""
     h, w = p.shape[-2:]
     rows = torch.zeros(h, dtype=torch.bool, device=p.device)
     cols = torch.zeros(w, dtype=torch.bool, device=p.device)
@@ -440,6 +516,23 @@ def _active_region(p: torch.Tensor, radius: int):
         rows[:-1] |= ch
         rows[1:] |= ch
         cols |= eh.any(0)
+    return rows, cols
+
+
+def _active_region(p: torch.Tensor, radius: int):
+    """Bounding boxes where the filter can change ``p`` (see ``skip_constant``).
+
+    Returns None when every map is constant, else ``(active, crop)`` as
+    ``(y0, y1, x0, x1)`` boxes: outside ``active`` every (4r+1)-neighbourhood is
+    constant (output = input); ``crop`` adds the 2r margin the computation needs.
+    """
+    h, w = p.shape[-2:]
+    if p.device.type == "cpu" and _cpu_kernels.available():
+        q = p.flatten(0, 1)
+        q = q.view(torch.uint8) if q.dtype == torch.bool else q
+        rows, cols = (torch.from_numpy(a) for a in _cpu_kernels.active_rows_cols(q.contiguous().numpy()))
+    else:
+        rows, cols = _changes(p)
     ys = torch.nonzero(rows).flatten()
     if ys.numel() == 0:
         return None

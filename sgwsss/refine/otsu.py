@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from sgwsss.refine import _cpu_kernels
+
 __all__ = ["otsu_threshold", "binarize"]
 
 
@@ -32,9 +34,13 @@ def _histograms(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, nbins: int)
     span = hi - lo
     # numpy.linspace(lo, hi, nbins + 1, dtype=x.dtype): i * (span / nbins) + lo, last = hi
     step = span / nbins
-    edges = torch.arange(nbins + 1, device=x.device, dtype=x.dtype)[None, :] * step[:, None]
-    edges = edges + lo[:, None]
+    edges0 = torch.arange(nbins + 1, device=x.device, dtype=x.dtype)[None, :] * step[:, None]
+    edges = edges0 + lo[:, None]
     edges[:, -1] = hi
+    if x.device.type == "cpu" and _cpu_kernels.available():  # the same bins in one fused pass
+        counts = _cpu_kernels.histograms(x.contiguous().numpy(), lo.numpy(), (nbins / span).numpy(),
+                                         (edges0 + lo[:, None]).numpy(), nbins)
+        return torch.from_numpy(counts), edges
     # A bin estimate t within +-1 of the true bin, then numpy's fix-up against the edges.
     # The edges are recomputed exactly as linspace does (fl(fl(t * step) + lo)), so no gathers.
     t = torch.sub(x, lo[:, None]).mul_((nbins / span)[:, None]).trunc_().clamp_(0, nbins - 1)

@@ -33,9 +33,7 @@ from typing import Any, Dict, Optional, Tuple
 
 BUDGET_ENV = "SGWSSS_BUDGET"
 
-# The Table 1 stage names (kept here without importing torch; checked against
-# sgwsss.refine.stages.STAGES when pseudo labels are generated).
-STAGE_NAMES = ("A", "R", "G-w/o-aff", "G", "G-iter15-w/o-aff", "G-iter15")
+from sgwsss.constants import STAGES as STAGE_NAMES  # the Table 1 stage names, torch-free
 
 
 @dataclass

@@ -23,6 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image
 
+from sgwsss.constants import AFFINITY_STAGES, STAGES
 from sgwsss.data import PALETTE
 from sgwsss.train.config import TrainConfig, as_config
 
@@ -85,15 +86,11 @@ def _batches(dataset, indices: Sequence[int], batch_size: int) -> Iterator[List[
         yield batch
 
 
-# Table 1 stages that start from the affinity random walk (need T, Eqs. 2-3 and 5).
-_AFFINITY_STAGES = ("R", "G", "G-iter15")
 
 
 def _stage_kwargs(stage: str, cfg: TrainConfig) -> dict:
     """Keyword arguments of ``stage_pseudo_labels``: the grid, and the guided filter's radius and eps
     (Eqs. 6-10) for the self-guided stages."""
-    from sgwsss.refine.stages import STAGES
-
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {list(STAGES)}")
     kwargs = {"grid": cfg.grid}
@@ -173,7 +170,7 @@ def generate_pseudo_labels(model: torch.nn.Module, dataset, out_dir: Union[str, 
 
     cfg = TrainConfig() if cfg is None else as_config(cfg)
     kwargs = _stage_kwargs(stage, cfg)
-    needs_t = stage in _AFFINITY_STAGES
+    needs_t = stage in AFFINITY_STAGES
     params = _crf_params(crf_params) if crf else None
     device = next(model.parameters()).device
 

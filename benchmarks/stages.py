@@ -1,0 +1,76 @@
+"""Pseudo-label quality of each Table 1 stage on ``train``, without and with dense CRF.
+
+    python benchmarks/stages.py --run RUN_DIR [--images N] [--crf-images M] [--voc-root DIR]
+
+RUN_DIR is a finished ``sgwsss train`` run; its step-1 network
+(``checkpoints/round1_step1.pt``) gives the localization maps every stage starts
+from, with the run's grid, beta, radius and eps. For each stage (A, R, G-w/o-aff,
+G, G-iter15-w/o-aff, G-iter15) the pseudo labels (Eq. 11) of the ``train`` images
+are scored against the ground truth (mIoU as the nan-mean over classes with a
+non-zero union); with CRF on the first ``--crf-images`` of them (spread evenly;
+the CRF costs 1-5 s per image and stage on two cores). Prints a table and saves
+``sgwsss/results/stages.json``. Exits 0.
+"""
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from sgwsss.constants import STAGES
+from sgwsss.data import CLASSES, VOCSegmentation, resolve_root
+from sgwsss.report import markdown_table, pct, save_result
+from sgwsss.table1 import stage_miou, subset_indices
+from sgwsss.train import load_checkpoint
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", required=True, type=Path, help="a finished `sgwsss train` work dir")
+    ap.add_argument("--voc-root", default=None)
+    ap.add_argument("--split", default="train")
+    ap.add_argument("--images", type=int, default=None, help="images scored without CRF (default: all)")
+    ap.add_argument("--crf-images", type=int, default=100, help="images scored with CRF (0: none)")
+    ap.add_argument("--stages", default=",".join(STAGES))
+    ap.add_argument("--no-save", action="store_true")
+    args = ap.parse_args()
+    stages = args.stages.split(",")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, meta = load_checkpoint(args.run / "checkpoints" / "round1_step1.pt", device=device)
+    cfg = meta["config"]
+    ds = VOCSegmentation(resolve_root(args.voc_root), split=args.split, with_mask=True)
+    kw = dict(grid=cfg.grid, beta=cfg.beta, stage_kwargs={"radius": cfg.radius, "eps": cfg.eps})
+    t0 = time.perf_counter()
+    plain = stage_miou(model, ds, stages, indices=subset_indices(len(ds), args.images), **kw)
+    t1 = time.perf_counter()
+    crf = {}
+    if args.crf_images:
+        scored = stage_miou(model, ds, stages, crf=True, indices=subset_indices(len(ds), args.crf_images), **kw)
+        crf = {s: scored[s + "+CRF"] for s in stages}
+        plain_sub = {s: scored[s] for s in stages}
+    t2 = time.perf_counter()
+    n_plain = len(subset_indices(len(ds), args.images))
+    n_crf = len(subset_indices(len(ds), args.crf_images)) if args.crf_images else 0
+    rows = []
+    for s in stages:
+        rows.append([s, pct(plain[s]["miou"]), pct(plain_sub[s]["miou"]) if crf else "-",
+                     pct(crf[s]["miou"]) if crf else "-"])
+    print(f"{args.split}: {n_plain} images without CRF, {n_crf} with CRF; step-1 network of {args.run}")
+    print(markdown_table(["stage", f"mIoU ({n_plain} images)", f"mIoU ({n_crf} images)",
+                          f"mIoU + CRF ({n_crf} images)"], rows))
+    print(f"seconds: {t1 - t0:.0f} without CRF, {t2 - t1:.0f} with CRF")
+    if not args.no_save:
+        path = save_result("stages", {
+            "split": args.split, "run": str(args.run), "config": cfg.to_dict(), "images": n_plain,
+            "crf_images": n_crf, "classes": list(CLASSES),
+            "stages": {s: {"miou": plain[s]["miou"], "iou": plain[s]["iou"],
+                           "seconds_per_image": plain[s]["seconds_per_image"],
+                           **({"miou_subset": plain_sub[s]["miou"], "miou_crf": crf[s]["miou"],
+                               "iou_crf": crf[s]["iou"]} if crf else {})} for s in stages},
+            "seconds": {"plain": t1 - t0, "crf": t2 - t1},
+        })
+        print(f"saved {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""Measured results: the JSON files the benchmarks write and the results chapter reads.
+
+Each script under ``benchmarks/`` saves what it printed with :func:`save_result`
+as ``sgwsss/results/<name>.json`` (shipped with the package, so the results chapter
+also works from a ``pip install`` in Colab). The chapter only formats these files:
+no number in it is typed by hand.
+
+Names: ``guided_filter``, ``pseudo_labels``, ``train_cpu`` / ``train_paper``,
+``stages`` (Table 1 pseudo-label mIoU on ``train``) and ``table1`` (segmentation
+networks trained on each stage's pseudo labels).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+__all__ = ["RESULTS_DIR", "result_path", "save_result", "load_result", "machine", "pct", "markdown_table"]
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def result_path(name: str, results_dir: Optional[os.PathLike] = None) -> Path:
+    """``<results_dir>/<name>.json`` (default :data:`RESULTS_DIR`, or ``$SGWSSS_RESULTS_DIR``)."""
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"result name must be a plain file stem, got {name!r}")
+    base = results_dir or os.environ.get("SGWSSS_RESULTS_DIR") or RESULTS_DIR
+    return Path(base) / f"{name}.json"
+
+
+def machine() -> Dict[str, Any]:
+    """Where a measurement ran: CPU count, torch threads, GPU name, library versions."""
+    import torch
+
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    try:
+        import numba
+
+        info["numba"] = numba.__version__
+    except ImportError:
+        info["numba"] = None
+    return info
+
+
+def save_result(name: str, data: Mapping[str, Any], results_dir: Optional[os.PathLike] = None) -> Path:
+    """Write ``data`` plus ``command``, ``date`` and ``machine`` as JSON, atomically (temp file + rename)."""
+    path = result_path(name, results_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"name": name, "command": " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]]),
+              "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(), **dict(data)}
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=1, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load_result(name: str, results_dir: Optional[os.PathLike] = None) -> Optional[Dict[str, Any]]:
+    """The saved result ``name``, or None when it has not been measured yet."""
+    path = result_path(name, results_dir)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); rerun the benchmark that writes it") from None
+
+
+def pct(value: Optional[float], digits: int = 1) -> str:
+    """A fraction in [0, 1] as a percentage string; ``-`` for None/NaN."""
+    if value is None or value != value:
+        return "-"
+    return f"{100.0 * value:.{digits}f}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-flavoured markdown table (cells converted with ``str``)."""
+    for r in rows:
+        if len(r) != len(header):
+            raise ValueError(f"row {list(r)} has {len(r)} cells, the header has {len(header)}")
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- Table 1
+
+#: The comparisons Table 1 of Ke & Hsu is about: (better stage, worse stage, what the paper claims).
+CLAIMS = (
+    ("R", "A", "the affinity random walk improves the localization maps"),
+    ("G-w/o-aff", "A", "self-guided refinement improves the localization maps"),
+    ("G", "R", "self-guided refinement also improves the random-walk maps"),
+    ("G", "G-w/o-aff", "self-guided refinement works better after the random walk"),
+    ("G-iter15", "G", "iterating the self-guided refinement 15 times improves it further"),
+    ("G-iter15-w/o-aff", "G-w/o-aff", "iterating also helps without the affinity"),
+)
+
+
+def stage_table(stages: Mapping[str, Any], paper: Optional[Mapping[str, Optional[float]]] = None) -> str:
+    """Markdown table of ``stages.json``: each stage's pseudo-label mIoU, with CRF when measured, and the paper's."""
+    rows = []
+    has_crf = any("miou_crf" in r for r in stages["stages"].values())
+    for s, r in stages["stages"].items():
+        row = [f"`{s}`", pct(r["miou"])]
+        if has_crf:
+            row += [pct(r.get("miou_subset")), pct(r.get("miou_crf"))]
+        if paper is not None:
+            row.append("n/a" if paper.get(s) is None else f"{paper[s]:.1f}")
+        rows.append(row)
+    header = ["stage", f"mIoU, {stages['images']} images"]
+    if has_crf:
+        header += [f"mIoU, {stages['crf_images']} images", f"+ CRF, {stages['crf_images']} images"]
+    if paper is not None:
+        header.append("paper")
+    return markdown_table(header, rows)
+
+
+def claims(stages: Mapping[str, Any], key: str = "miou", margin: float = 0.005) -> list:
+    """Each of :data:`CLAIMS` checked against measured mIoUs: a list of dicts with ``claim``,
+    ``better``, ``worse``, ``delta`` (mIoU points, better - worse) and ``verdict``:
+    ``supported`` (delta > margin), ``contradicted`` (delta < -margin), ``no difference``
+    or ``not measured``."""
+    out = []
+    st = stages["stages"]
+    for better, worse, text in CLAIMS:
+        a, b = st.get(better, {}).get(key), st.get(worse, {}).get(key)
+        if a is None or b is None:
+            out.append({"claim": text, "better": better, "worse": worse, "delta": None, "verdict": "not measured"})
+            continue
+        d = a - b
+        verdict = "supported" if d > margin else "contradicted" if d < -margin else "no difference"
+        out.append({"claim": text, "better": better, "worse": worse, "delta": 100 * d, "verdict": verdict})
+    return out
+
+
+def claims_markdown(stages: Mapping[str, Any], key: str = "miou") -> str:
+    """:func:`claims` as a markdown table."""
+    rows = [[c["claim"], f"`{c['better']}` vs `{c['worse']}`",
+             "-" if c["delta"] is None else f"{c['delta']:+.1f}", c["verdict"]] for c in claims(stages, key)]
+    return markdown_table(["the paper's claim", "stages", "our difference (mIoU points)", "our measurement"], rows)
+
+
+def table1_table(table1: Mapping[str, Any], paper: Optional[Mapping[str, Optional[float]]] = None) -> str:
+    """Markdown table of ``table1.json``: the segmentation network trained on each stage's pseudo labels."""
+    rows = []
+    for s, r in table1["stages"].items():
+        row = [f"`{s}`", pct(r.get("pseudo_label_miou_train")), pct(r.get("val_miou")), pct(r.get("val_miou_crf"))]
+        if paper is not None:
+            row.append("n/a" if paper.get(s) is None else f"{paper[s]:.1f}")
+        rows.append(row)
+    first = next(iter(table1["stages"].values()), {})
+    header = ["stage", "pseudo labels, train", f"val ({first.get('val_images', '?')} images)", "val + CRF"]
+    if paper is not None:
+        header.append("paper")
+    return markdown_table(header, rows)
+
+
+def speed_table(guided_filter: Optional[Mapping[str, Any]] = None, pseudo_labels: Optional[Mapping[str, Any]] = None,
+                train: Optional[Mapping[str, Any]] = None) -> str:
+    """Markdown table of the speed results that have been measured (any may be None)."""
+    rows = []
+    if guided_filter:
+        g = guided_filter
+        where = f"{g['device']}, {g['threads']} threads"
+        rows.append([f"self-guided refinement ({g['iterations']} iterations), ms/image", where,
+                     f"{g['refine_ms_sgwsss']:.1f}", f"{g['refine_ms_opencv']:.1f}",
+                     f"{g['refine_ratio']:.2f}"])
+        rows.append(["one guided-filter pass, ms/map", where, f"{g['filter_ms_sgwsss']:.2f}",
+                     f"{g['filter_ms_opencv']:.2f}", f"{g['filter_ratio']:.2f}"])
+        if g.get("max_error_sgwsss") is not None:
+            rows.append([f"max error vs float64 (eps {g['eps']:g}), {g['images']} images", "",
+                         f"{g['max_error_sgwsss']:.1e}", f"{g['max_error_opencv']:.1e}", ""])
+    if pseudo_labels:
+        p = pseudo_labels
+        rows.append(["pseudo labels (G-iter15), images/s", f"{p['device']}, {p['threads']} threads",
+                     f"{p['images_per_second']:.2f}", "", ""])
+        rows.append(["refinement time / network forward time", "", f"{p['refine_over_forward']:.2f}", "", ""])
+    if train:
+        t = train
+        for step in ("step1", "step2"):
+            if step in t:
+                s = t[step]
+                rows.append([f"`{t['config']}` {step} training, images/s (batch {s['batch']})",
+                             f"{t['device']}, {t['threads']} threads", f"{s['images_per_second']:.2f}", "", ""])
+    return markdown_table(["measurement", "where", "sgwsss", "OpenCV", "OpenCV / sgwsss"], rows)
+
+
+def plot_stages(stages: Mapping[str, Any], table1: Optional[Mapping[str, Any]] = None, ax=None):
+    """Bar chart of each stage's mIoU (pseudo labels; with CRF and val segmentation when measured)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = list(stages["stages"])
+    series = {f"pseudo labels ({stages['images']} train images)": [stages["stages"][s]["miou"] for s in names]}
+    if any("miou_crf" in stages["stages"][s] for s in names):
+        series[f"pseudo labels + CRF ({stages['crf_images']} images)"] = [
+            stages["stages"][s].get("miou_crf") for s in names]
+    if table1:
+        series["segmentation net, val"] = [table1["stages"].get(s, {}).get("val_miou") for s in names]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(9, 3.6))
+    width = 0.8 / len(series)
+    x = np.arange(len(names))
+    for i, (label, vals) in enumerate(series.items()):
+        v = [np.nan if a is None else 100 * a for a in vals]
+        bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, v, width, label=label)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks(x, names)
+    ax.set_ylabel("mIoU (%)")
+    ax.set_title("Table 1 stages measured on the VOC sample")
+    ax.legend(fontsize=8, loc="lower right")
+    return ax.figure

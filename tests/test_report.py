@@ -1,0 +1,64 @@
+"""Results files (sgwsss.report): atomic save/load, tables, and the claim checks of the results chapter."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sgwsss import report
+from sgwsss.constants import STAGES
+
+
+def _stages(values, crf=None):
+    return {"images": 10, "crf_images": 4,
+            "stages": {s: {"miou": v, **({"miou_crf": crf[s], "miou_subset": v} if crf else {})}
+                       for s, v in zip(STAGES, values)}}
+
+
+def test_save_and_load_roundtrip(tmp_path):
+    path = report.save_result("speed", {"ratio": 1.5}, results_dir=tmp_path)
+    assert path == tmp_path / "speed.json"
+    got = report.load_result("speed", results_dir=tmp_path)
+    assert got["ratio"] == 1.5 and got["name"] == "speed"
+    assert {"command", "date", "machine"} <= set(got)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left behind
+    assert report.load_result("missing", results_dir=tmp_path) is None
+
+
+def test_env_var_and_bad_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("SGWSSS_RESULTS_DIR", str(tmp_path))
+    assert report.result_path("x") == tmp_path / "x.json"
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        report.load_result("broken")
+    with pytest.raises(ValueError, match="plain file stem"):
+        report.result_path("../etc")
+
+
+def test_claims_follow_the_numbers():
+    # A, R, G-w/o-aff, G, G-iter15-w/o-aff, G-iter15
+    res = _stages([0.30, 0.28, 0.33, 0.331, 0.34, 0.32])
+    got = {(c["better"], c["worse"]): c for c in report.claims(res)}
+    assert got[("R", "A")]["verdict"] == "contradicted" and got[("R", "A")]["delta"] == pytest.approx(-2.0)
+    assert got[("G-w/o-aff", "A")]["verdict"] == "supported"
+    assert got[("G", "G-w/o-aff")]["verdict"] == "no difference"  # +0.1 point
+    assert got[("G-iter15", "G")]["verdict"] == "contradicted"
+    assert got[("G-iter15-w/o-aff", "G-w/o-aff")]["verdict"] == "supported"
+    assert all(c["verdict"] == "not measured" for c in report.claims(res, key="miou_crf"))
+
+
+def test_tables_render_measured_values():
+    res = _stages([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], crf={s: 0.7 for s in STAGES})
+    md = report.stage_table(res, {s: None for s in STAGES})
+    lines = md.splitlines()
+    assert len(lines) == 2 + len(STAGES)
+    assert lines[2] == "| `A` | 10.0 | 10.0 | 70.0 | n/a |"
+    assert "+ CRF, 4 images" in lines[0]
+    with pytest.raises(ValueError, match="cells"):
+        report.markdown_table(["a", "b"], [[1]])
+
+
+def test_shipped_results_are_valid_json():
+    for path in report.RESULTS_DIR.glob("*.json"):
+        data = json.loads(path.read_text())
+        assert data["name"] == path.stem and "command" in data and "machine" in data
