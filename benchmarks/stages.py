@@ -1,10 +1,11 @@
 """Pseudo-label quality of each Table 1 stage on ``train``, without and with dense CRF.
 
-    python benchmarks/stages.py --run RUN_DIR [--images N] [--crf-images M] [--voc-root DIR]
+    python benchmarks/stages.py --run RUN_DIR [--images N] [--crf-images M] [--beta B] [--save NAME]
 
 RUN_DIR is a finished ``sgwsss train`` run; its step-1 network
 (``checkpoints/round1_step1.pt``) gives the localization maps every stage starts
-from, with the run's grid, beta, radius and eps. For each stage (A, R, G-w/o-aff,
+from, with the run's grid, beta, radius and eps (``--beta`` overrides the walk's
+beta, e.g. 1 for the paper's ``T = D^-1 W``). For each stage (A, R, G-w/o-aff,
 G, G-iter15-w/o-aff, G-iter15) the pseudo labels (Eq. 11) of the ``train`` images
 are scored against the ground truth (mIoU as the nan-mean over classes with a
 non-zero union); with CRF on the first ``--crf-images`` of them (spread evenly;
@@ -32,6 +33,8 @@ def main():
     ap.add_argument("--images", type=int, default=None, help="images scored without CRF (default: all)")
     ap.add_argument("--crf-images", type=int, default=100, help="images scored with CRF (0: none)")
     ap.add_argument("--stages", default=",".join(STAGES))
+    ap.add_argument("--beta", type=float, default=None, help="random-walk beta (default: the run's)")
+    ap.add_argument("--save", default="stages", metavar="NAME", help="result name under sgwsss/results/")
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args()
     stages = args.stages.split(",")
@@ -39,7 +42,8 @@ def main():
     model, meta = load_checkpoint(args.run / "checkpoints" / "round1_step1.pt", device=device)
     cfg = meta["config"]
     ds = VOCSegmentation(resolve_root(args.voc_root), split=args.split, with_mask=True)
-    kw = dict(grid=cfg.grid, beta=cfg.beta, stage_kwargs={"radius": cfg.radius, "eps": cfg.eps})
+    beta = cfg.beta if args.beta is None else args.beta
+    kw = dict(grid=cfg.grid, beta=beta, stage_kwargs={"radius": cfg.radius, "eps": cfg.eps})
     t0 = time.perf_counter()
     plain = stage_miou(model, ds, stages, indices=subset_indices(len(ds), args.images), **kw)
     t1 = time.perf_counter()
@@ -55,13 +59,13 @@ def main():
     for s in stages:
         rows.append([s, pct(plain[s]["miou"]), pct(plain_sub[s]["miou"]) if crf else "-",
                      pct(crf[s]["miou"]) if crf else "-"])
-    print(f"{args.split}: {n_plain} images without CRF, {n_crf} with CRF; step-1 network of {args.run}")
+    print(f"{args.split}: {n_plain} images without CRF, {n_crf} with CRF; step-1 network of {args.run}; beta {beta:g}")
     print(markdown_table(["stage", f"mIoU ({n_plain} images)", f"mIoU ({n_crf} images)",
                           f"mIoU + CRF ({n_crf} images)"], rows))
     print(f"seconds: {t1 - t0:.0f} without CRF, {t2 - t1:.0f} with CRF")
     if not args.no_save:
-        path = save_result("stages", {
-            "split": args.split, "run": str(args.run), "config": cfg.to_dict(), "images": n_plain,
+        path = save_result(args.save, {
+            "split": args.split, "run": str(args.run), "config": cfg.to_dict(), "beta": beta, "images": n_plain,
             "crf_images": n_crf, "classes": list(CLASSES),
             "stages": {s: {"miou": plain[s]["miou"], "iou": plain[s]["iou"],
                            "seconds_per_image": plain[s]["seconds_per_image"],

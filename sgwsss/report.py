@@ -113,7 +113,7 @@ def stage_table(stages: Mapping[str, Any], paper: Optional[Mapping[str, Optional
         if paper is not None:
             row.append("n/a" if paper.get(s) is None else f"{paper[s]:.1f}")
         rows.append(row)
-    header = ["stage", f"mIoU, {stages['images']} images"]
+    header = [f"stage (walk beta {stages['beta']:g})" if "beta" in stages else "stage", f"mIoU, {stages['images']} images"]
     if has_crf:
         header += [f"mIoU, {stages['crf_images']} images", f"+ CRF, {stages['crf_images']} images"]
     if paper is not None:
