@@ -9,11 +9,12 @@ from sgwsss.model.backbones import (
     build_backbone,
     load_efficientnet_lite0_imagenet,
 )
-from sgwsss.model.network import ASPP, DEFAULT_OUTPUT_STRIDE, SGNet, SGOutput, build_model
+from sgwsss.model.network import ASPP, CLASSIFIER_INITS, DEFAULT_OUTPUT_STRIDE, SGNet, SGOutput, build_model
 
 __all__ = [
     "ASPP",
     "BACKBONES",
+    "CLASSIFIER_INITS",
     "DEFAULT_OUTPUT_STRIDE",
     "Backbone",
     "EfficientNetLite0",

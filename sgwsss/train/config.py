@@ -42,6 +42,7 @@ from typing import Any, Dict, Optional, Tuple
 
 BUDGET_ENV = "SGWSSS_BUDGET"
 
+from sgwsss.constants import CLASSIFIER_INITS
 from sgwsss.constants import STAGES as STAGE_NAMES  # the Table 1 stage names, torch-free
 
 
@@ -62,6 +63,7 @@ class TrainConfig:
     pretrained: bool = True
     output_stride: int = 8
     freeze_bn: bool = True
+    classifier_init: str = "normal"  # "identity": A^c starts as seg map c+1 (see SGNet.init_classifier)
     # data
     train_split: str = "train_aug"
     max_images: Optional[int] = None
@@ -130,6 +132,8 @@ class TrainConfig:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
             raise ValueError(f"num_workers must be a non-negative integer, got {self.num_workers!r}")
+        if self.classifier_init not in CLASSIFIER_INITS:
+            raise ValueError(f"classifier_init must be one of {CLASSIFIER_INITS}, got {self.classifier_init!r}")
         if self.pseudo_stage not in STAGE_NAMES:
             raise ValueError(f"pseudo_stage must be one of {STAGE_NAMES}, got {self.pseudo_stage!r}")
 
