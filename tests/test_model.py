@@ -253,6 +253,35 @@ def test_freeze_bn_survives_train():
     assert not torch.equal(bns[0].running_mean, before)
 
 
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "resnet101"])
+def test_freeze_early_fixes_stem_and_stride4_layers(backbone):
+    torch.manual_seed(0)
+    model = build_model(backbone, pretrained=False, output_stride=16, freeze_bn=False, freeze_early=True)
+    early = {id(p) for m in model.backbone.early_modules() for p in m.parameters()}
+    assert early and model.early_frozen
+    model.train()
+    x = torch.rand(2, 3, 64, 64)
+    out = model(x)
+    (out.logits.sum() + out.feat.square().mean()).backward()
+    for p in model.parameters():
+        if id(p) in early:
+            assert not p.requires_grad and p.grad is None
+        else:
+            assert p.requires_grad
+    assert model.aggregation.weight.grad is not None  # Eq. 2 still trains on the frozen features
+    # early BatchNorms keep their statistics even with freeze_bn off; later ones update
+    early_bns = [m for m in model.backbone.early_modules() for m in m.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert early_bns and not any(m.training for m in early_bns)
+    before = early_bns[-1].running_mean.clone()
+    model(x + 0.5)
+    torch.testing.assert_close(early_bns[-1].running_mean, before)
+    # freeze_bn(False) must not re-enable the early layers; freeze_early(False) does
+    model.freeze_bn(False)
+    assert not any(p.requires_grad for m in model.backbone.early_modules() for p in m.parameters())
+    model.freeze_early(False)
+    assert all(p.requires_grad for p in model.parameters())
+
+
 # ---------------------------------------------------------------- real-photo check
 
 DOG, CAT = 12, 8  # VOC indices

@@ -85,6 +85,10 @@ class Backbone(nn.Module):
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
 
+    def early_modules(self) -> list[nn.Module]:  # pragma: no cover
+        """The stem and the stride-4 layers (everything that computes ``low``)."""
+        raise NotImplementedError
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, H, W) RGB in [0, 1] -> (low (B, C_low, H/4, W/4), high (B, C_out, H/os, W/os))."""
         return self.features(self.normalize(x))
@@ -129,6 +133,10 @@ class ResNet101Backbone(Backbone):
             body.load_state_dict(state, strict=True)
         body.fc = nn.Identity()  # classifier unused: no dangling parameters
         self.body = body
+
+    def early_modules(self) -> list[nn.Module]:
+        """``conv1``, ``bn1`` and ``layer1`` (the stride-4 stage, whose first block gives ``low``)."""
+        return [self.body.conv1, self.body.bn1, self.body.layer1]
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b = self.body
@@ -320,6 +328,11 @@ class EfficientNetLite0Backbone(Backbone):
             load_efficientnet_lite0_imagenet(body)
         body._fc = None  # classifier unused: no dangling parameters
         self.body = body
+
+    def early_modules(self) -> list[nn.Module]:
+        """The stem and blocks 0-2 (strides 2 and 4; block 2 gives ``low``)."""
+        b = self.body
+        return [b._conv_stem, b._bn0, *b._blocks[: _LITE0_LOW_BLOCK + 1]]
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.body.forward_features(x)

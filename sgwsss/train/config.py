@@ -64,6 +64,7 @@ class TrainConfig:
     output_stride: int = 8
     freeze_bn: bool = True
     classifier_init: str = "normal"  # "identity": A^c starts as seg map c+1 (see SGNet.init_classifier)
+    freeze_early: bool = False  # fix the stem and stride-4 layers (see SGNet.freeze_early)
     # data
     train_split: str = "train_aug"
     max_images: Optional[int] = None
