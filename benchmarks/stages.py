@@ -43,7 +43,8 @@ def main():
     cfg = meta["config"]
     ds = VOCSegmentation(resolve_root(args.voc_root), split=args.split, with_mask=True)
     beta = cfg.beta if args.beta is None else args.beta
-    kw = dict(grid=cfg.grid, beta=beta, stage_kwargs={"radius": cfg.radius, "eps": cfg.eps})
+    kw = dict(grid=cfg.grid, beta=beta, stage_kwargs={"radius": cfg.radius, "eps": cfg.eps},
+              scales=cfg.infer_scales, flip=cfg.infer_flip)
     t0 = time.perf_counter()
     plain = stage_miou(model, ds, stages, indices=subset_indices(len(ds), args.images), **kw)
     t1 = time.perf_counter()

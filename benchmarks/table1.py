@@ -81,7 +81,8 @@ def main():
                "step2_iters": cfg.step2_iters}
         for crf in ([False, True] if args.crf else [False]):
             pred = sdir / ("pred_crf" if crf else "pred")
-            predict(model, VOCSegmentation(root, split="val", ids=val_ids), pred, crf=crf)
+            predict(model, VOCSegmentation(root, split="val", ids=val_ids), pred, crf=crf, scales=cfg.infer_scales,
+                    flip=cfg.infer_flip)
             scores = _evaluate_ids(root, pred, val_ids)
             row["val_miou_crf" if crf else "val_miou"] = scores["miou"]
             row["val_iou_crf" if crf else "val_iou"] = scores["iou"]

@@ -132,8 +132,9 @@ def _cmd_pseudo_labels(args) -> int:
 def _cmd_predict(args) -> int:
     from sgwsss.train import predict
 
-    model, _meta, dataset = _load_for_inference(args)
-    n = predict(model, dataset, args.out, crf=args.crf)
+    model, meta, dataset = _load_for_inference(args)
+    cfg = meta["config"]  # the run's test-time augmentation (infer_scales, infer_flip)
+    n = predict(model, dataset, args.out, crf=args.crf, scales=cfg.infer_scales, flip=cfg.infer_flip)
     print(json.dumps({"written": n, "out": str(args.out)}))
     return 0
 

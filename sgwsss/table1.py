@@ -29,10 +29,12 @@ def subset_indices(n_total: int, n: int | None) -> np.ndarray:
 
 def stage_miou(model, dataset, stages: Sequence[str] = STAGES, *, grid: int = 50, beta: float = 1.0,
                crf: bool = False, indices: Iterable[int] | None = None, progress: bool = True,
-               stage_kwargs: dict | None = None) -> Dict[str, dict]:
+               stage_kwargs: dict | None = None, scales: Sequence[float] = (1.0,),
+               flip: bool = False) -> Dict[str, dict]:
     """Pseudo-label mIoU of each stage on ``dataset`` (items need ``mask``: use ``with_mask=True``).
 
-    Returns ``{stage: {"miou", "iou", "seconds_per_image"}}`` and, with ``crf=True``,
+    The localization maps are averaged over ``scales`` and, with ``flip``, mirrored
+    inputs (:meth:`~sgwsss.model.SGNet.infer`), as in pseudo-label generation. Returns ``{stage: {"miou", "iou", "seconds_per_image"}}`` and, with ``crf=True``,
     also ``{stage + "+CRF": ...}``. The network runs once per image; the stages
     share its outputs.
     """
@@ -62,7 +64,7 @@ def stage_miou(model, dataset, stages: Sequence[str] = STAGES, *, grid: int = 50
         lab = item["label"][None].to(dev)
         gt = item["mask"].numpy()
         with torch.no_grad():
-            out = model(x)
+            out = model.infer(x, tuple(scales), flip)
             T = transition_matrix(affinity_matrix(out.feat, grid=grid), beta=beta)
             for s in stages:
                 t0 = time.perf_counter()

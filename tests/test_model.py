@@ -97,6 +97,31 @@ def test_identity_classifier_init_copies_foreground_maps():
         build_model("efficientnet_lite0", pretrained=False, classifier_init="xavier")
 
 
+def test_infer_averages_scales_and_flips():
+    torch.manual_seed(0)
+    model = build_model("efficientnet_lite0", pretrained=False, output_stride=16).eval()
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        plain = model(x)
+        same = model.infer(x)
+        for a, b in zip(plain, same):
+            assert torch.equal(a, b)
+        tta = model.infer(x, scales=(1.0, 0.5), flip=True)
+        # by hand: four passes, each brought back to the plain pass's grid (4 x 6) and un-mirrored
+        size = plain.cam.shape[-2:]
+        cams = []
+        for xs in (x, F.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False)):
+            for mirror in (False, True):
+                c = model(xs.flip(-1) if mirror else xs).cam
+                c = c.flip(-1) if mirror else c
+                cams.append(F.interpolate(c, size=size, mode="bilinear", align_corners=False))
+    torch.testing.assert_close(tta.cam, torch.stack(cams).mean(0), rtol=1e-5, atol=1e-5)
+    assert tta.seg.shape == plain.seg.shape and tta.logits.shape == plain.logits.shape
+    assert torch.equal(tta.feat, plain.feat)  # the affinity features of the plain pass
+    with pytest.raises(ValueError, match="scales"):
+        model.infer(x, scales=(0.0,))
+
+
 def test_identity_classifier_init_learns_faster_than_normal():
     """The reason for the option: with N(0, 0.01) on both the ASPP and the classifier, Eq. 1
     barely moves in a few SGD steps; with the identity start it falls at once."""

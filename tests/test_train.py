@@ -40,6 +40,19 @@ def test_paper_preset_values():
     assert (p.grid, p.radius, p.eps, p.momentum, p.weight_decay, p.poly_power) == (50, 17, 1e-6, 0.9, 5e-4, 0.9)
 
 
+def test_infer_scales_round_trip_and_validation():
+    cfg = get_config("cpu", budget=1.0, infer_scales=[1, 1.5], infer_flip=True)
+    assert cfg.infer_scales == (1.0, 1.5)
+    data = json.loads(json.dumps(cfg.to_dict()))
+    assert data["infer_scales"] == [1.0, 1.5]
+    assert type(cfg).from_dict(data) == cfg
+    for bad in ([], [0.0], "1.0", [True]):
+        with pytest.raises(ValueError, match="infer_scales"):
+            get_config("cpu", infer_scales=bad)
+    with pytest.raises(ValueError, match="classifier_init"):
+        get_config("cpu", classifier_init="zeros")
+
+
 def test_budget_env_scales_iterations(monkeypatch):
     monkeypatch.setenv("SGWSSS_BUDGET", "0.1")
     cfg = get_config("paper")

@@ -162,6 +162,38 @@ class SGNet(nn.Module):
         feat = self.aggregation(low)
         return SGOutput(seg, cam, logits, feat)
 
+    def infer(self, x: torch.Tensor, scales: tuple[float, ...] = (1.0,), flip: bool = False) -> SGOutput:
+        """Test-time augmented forward pass: the outputs averaged over image scales and flips.
+
+        ``x`` (B, 3, H, W) is also run resized by each factor in ``scales`` (bilinear) and,
+        with ``flip``, mirrored left-right; ``seg``, ``cam`` and ``logits`` are averaged
+        over all passes after resizing (bilinear) and un-mirroring them to the grid of the
+        plain pass (DeepLab's multi-scale inputs, the multi-scale localization maps of
+        IRN). ``feat`` (the affinity features, Eq. 2) is that of the plain pass. With the
+        defaults this is ``self(x)``. Run it under ``torch.no_grad()`` for inference.
+        """
+        scales = tuple(float(s) for s in scales)
+        if not scales or any(not s > 0 for s in scales):
+            raise ValueError(f"scales must be positive numbers, got {scales!r}")
+        base = self(x)
+        if scales == (1.0,) and not flip:
+            return base
+        size = base.cam.shape[-2:]
+        seg, cam, logits, n = 0, 0, 0, 0
+        for s in scales:
+            xs = x if s == 1.0 else nn.functional.interpolate(x, scale_factor=s, mode="bilinear",
+                                                              align_corners=False, recompute_scale_factor=False)
+            for mirrored in ((False, True) if flip else (False,)):
+                out = base if (s == 1.0 and not mirrored) else self(xs.flip(-1) if mirrored else xs)
+                o_seg, o_cam = out.seg, out.cam
+                if mirrored:
+                    o_seg, o_cam = o_seg.flip(-1), o_cam.flip(-1)
+                if o_cam.shape[-2:] != size:
+                    o_seg = nn.functional.interpolate(o_seg, size=size, mode="bilinear", align_corners=False)
+                    o_cam = nn.functional.interpolate(o_cam, size=size, mode="bilinear", align_corners=False)
+                seg, cam, logits, n = seg + o_seg, cam + o_cam, logits + out.logits, n + 1
+        return SGOutput(seg / n, cam / n, logits / n, base.feat)
+
     # ------------------------------------------------------------------ training helpers
 
     def param_groups(self, lr: float, weight_decay: float = 5e-4) -> list[dict]:

@@ -89,6 +89,9 @@ class TrainConfig:
     eps: float = 1e-6
     pseudo_stage: str = "G-iter15"
     pseudo_crf: bool = False
+    # test-time augmentation of the network's maps (SGNet.infer): pseudo labels and predictions
+    infer_scales: Tuple[float, ...] = (1.0,)
+    infer_flip: bool = False
     # optimiser
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -104,6 +107,11 @@ class TrainConfig:
     def __post_init__(self):
         if isinstance(self.scale, list):
             self.scale = tuple(self.scale)
+        if isinstance(self.infer_scales, (list, tuple)) and self.infer_scales and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in self.infer_scales):
+            self.infer_scales = tuple(float(v) for v in self.infer_scales)
+        else:
+            raise ValueError(f"infer_scales must be a non-empty list of positive numbers, got {self.infer_scales!r}")
         if not (isinstance(self.scale, tuple) and len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1]):
             raise ValueError(f"scale must be a pair (min, max) with 0 < min <= max, got {self.scale!r}")
         self.scale = (float(self.scale[0]), float(self.scale[1]))
@@ -142,6 +150,7 @@ class TrainConfig:
         """A JSON-ready dict (``scale`` as a list)."""
         out = dataclasses.asdict(self)
         out["scale"] = list(self.scale)
+        out["infer_scales"] = list(self.infer_scales)
         out["train_ids"] = None if self.train_ids is None else list(self.train_ids)
         return out
 

@@ -155,8 +155,9 @@ def generate_pseudo_labels(model: torch.nn.Module, dataset, out_dir: Union[str, 
         model: an :class:`~sgwsss.model.SGNet` (run in eval mode, on its own device).
         dataset: full-size items with ``image`` (3,H,W) in [0,1], ``label`` (20,), ``id``.
         stage: a Table 1 stage name (``A``, ``R``, ``G-w/o-aff``, ``G``, ``G-iter15-w/o-aff``, ``G-iter15``).
-        cfg: a :class:`TrainConfig` (or preset name / dict) for ``grid``, ``beta``, ``radius``, ``eps``;
-            ``None``: the defaults (the paper's values).
+        cfg: a :class:`TrainConfig` (or preset name / dict) for ``grid``, ``beta``, ``radius``, ``eps``
+            and the test-time augmentation ``infer_scales`` / ``infer_flip`` of the localization maps
+            (:meth:`~sgwsss.model.SGNet.infer`); ``None``: the defaults (the paper's values, one scale).
         crf: refine each pseudo label with a dense CRF (:func:`sgwsss.crf.labels_to_probs` + ``crf_labels``).
         batch_size: images per forward pass; only consecutive images of equal size share a batch.
         skip_existing: skip ids whose PNG exists (resume).
@@ -176,7 +177,7 @@ def generate_pseudo_labels(model: torch.nn.Module, dataset, out_dir: Union[str, 
 
     def per_batch(batch):
         images, labels = _to_device_batch(batch, device)
-        out = model(images)
+        out = model.infer(images, cfg.infer_scales, cfg.infer_flip)
         transition = transition_matrix(affinity_matrix(out.feat, grid=cfg.grid), beta=cfg.beta) if needs_t else None
         masks = stage_pseudo_labels(stage, images, out.cam, labels, transition=transition, **kwargs)
         masks = masks.cpu().numpy()
@@ -205,13 +206,15 @@ def _crf_refine_labels(image: torch.Tensor, mask: np.ndarray, params) -> np.ndar
 
 
 def predict(model: torch.nn.Module, dataset, out_dir: Union[str, os.PathLike], crf: bool = False,
-            batch_size: int = 1, *, crf_params=None, skip_existing: bool = False, rank: Optional[int] = None,
-            world_size: Optional[int] = None, progress: bool = True) -> int:
+            batch_size: int = 1, *, scales: Sequence[float] = (1.0,), flip: bool = False, crf_params=None,
+            skip_existing: bool = False, rank: Optional[int] = None, world_size: Optional[int] = None,
+            progress: bool = True) -> int:
     """Write the segmentation branch's prediction of every image of ``dataset`` as ``out_dir/<id>.png``.
 
-    The ``(B, 21, h, w)`` logits are upsampled bilinearly to the image size; the
-    mask is their arg-max, or with ``crf=True`` the dense CRF's arg-max on their
-    softmax probabilities. Arguments as in :func:`generate_pseudo_labels`.
+    The ``(B, 21, h, w)`` logits (averaged over ``scales`` and, with ``flip``, mirrored
+    inputs: :meth:`~sgwsss.model.SGNet.infer`) are upsampled bilinearly to the image size;
+    the mask is their arg-max, or with ``crf=True`` the dense CRF's arg-max on their
+    softmax probabilities. Other arguments as in :func:`generate_pseudo_labels`.
 
     Returns:
         The number of PNGs written by this call (summed over ranks).
@@ -223,7 +226,7 @@ def predict(model: torch.nn.Module, dataset, out_dir: Union[str, os.PathLike], c
         from sgwsss.crf import crf_labels
 
         images, _ = _to_device_batch(batch, device)
-        seg = model(images).seg
+        seg = model.infer(images, tuple(scales), flip).seg
         seg = F.interpolate(seg.float(), size=images.shape[-2:], mode="bilinear", align_corners=False)
         if not crf:
             return seg.argmax(1).cpu().numpy()
