@@ -2,7 +2,8 @@
 
     python benchmarks/pseudo_labels.py [--checkpoint CKPT] [--images 30] [--device cpu|cuda] [--threads 2]
 
-Per image: network forward (localization maps + aggregation features), affinity
+Per image: network forward (localization maps + aggregation features, with the run's
+test-time augmentation ``infer_scales`` / ``infer_flip``), affinity
 and random walk (Eqs. 2-3, 5), self-guided refinement with 15 guided-filter
 iterations (Eqs. 6-8), pseudo labels (Eq. 11) -- the G-iter15 stage of Table 1.
 Prints images/s, the median ms of each part and its share, and whether the
@@ -16,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from sgwsss.data import VOCSegmentation, resolve_root
-from sgwsss.model import build_model
+from sgwsss.train import get_config
+from sgwsss.train.checkpoint import network_for
 from sgwsss.refine.affinity import affinity_matrix, resize_to_grid, transition_matrix
 from sgwsss.refine.pseudo_label import pseudo_label
 from sgwsss.refine.random_walk import random_walk
@@ -48,10 +50,11 @@ def main():
         from sgwsss.train import load_checkpoint
 
         model, meta = load_checkpoint(args.checkpoint, device=device)
-        grid = args.grid or meta["config"].grid
-    else:
-        model = build_model("efficientnet_lite0", pretrained=True).to(device)
-        grid = args.grid or 50
+        cfg = meta["config"]
+    else:  # ImageNet weights, with the cpu configuration's settings
+        cfg = get_config("cpu", budget=1.0)
+        model = network_for(cfg).to(device)
+    grid = args.grid or cfg.grid
     model.eval()
     ds = VOCSegmentation(resolve_root(args.voc_root), split="train")
     parts = {"forward": [], "affinity + random walk": [], f"guided filter x{args.iterations}": [], "Eq. 11": []}
@@ -61,14 +64,14 @@ def main():
         x, lab = item["image"][None].to(device), item["label"][None].to(device)
         with torch.no_grad():
             sync(device); t0 = time.perf_counter()
-            out = model(x)
+            out = model.infer(x, cfg.infer_scales, cfg.infer_flip)  # as the run's pseudo labels
             sync(device); t1 = time.perf_counter()
-            T = transition_matrix(affinity_matrix(out.feat, grid=grid))
+            T = transition_matrix(affinity_matrix(out.feat, grid=grid), beta=cfg.beta)
             a = normalize_maps(out.cam, lab)
             r = random_walk(T, resize_to_grid(a, grid))
             r = F.interpolate(r, size=x.shape[-2:], mode="bilinear", align_corners=False)  # as refine_stage("G")
             sync(device); t2 = time.perf_counter()
-            g = self_guided_refine(x, r, iterations=args.iterations, labels=lab)
+            g = self_guided_refine(x, r, iterations=args.iterations, labels=lab, radius=cfg.radius, eps=cfg.eps)
             sync(device); t3 = time.perf_counter()
             pseudo_label(g, lab)
             sync(device); t4 = time.perf_counter()
@@ -78,7 +81,8 @@ def main():
             parts[key].append(dt)
         totals.append(t4 - t0)
     total = sum(totals)
-    print(f"device {device}, threads {torch.get_num_threads()}, {len(totals)} images, grid {grid}")
+    print(f"device {device}, threads {torch.get_num_threads()}, {len(totals)} images, grid {grid}, "
+          f"forward scales {list(cfg.infer_scales)} flip {cfg.infer_flip}")
     print(f"throughput: {len(totals) / total:.2f} images/s")
     for key, vals in parts.items():
         print(f"  {key:>24}: median {1000 * statistics.median(vals):7.1f} ms  ({100 * sum(vals) / total:4.1f}% of time)")
@@ -92,6 +96,7 @@ def main():
         path = save_result(name, {
             "device": str(device), "threads": torch.get_num_threads(), "images": len(totals), "grid": grid,
             "iterations": args.iterations, "checkpoint": args.checkpoint, "images_per_second": len(totals) / total,
+            "infer_scales": list(cfg.infer_scales), "infer_flip": cfg.infer_flip,
             "median_ms": {k: 1000 * statistics.median(v) for k, v in parts.items()},
             "share": {k: sum(v) / total for k, v in parts.items()}, "refine_over_forward": refine / fwd,
         })

@@ -21,7 +21,7 @@ import torch
 from sgwsss.constants import STAGES
 from sgwsss.data import CLASSES, VOCSegmentation, resolve_root
 from sgwsss.report import markdown_table, pct, save_result
-from sgwsss.table1 import stage_miou, subset_indices
+from sgwsss.table1 import config_kwargs, stage_miou, subset_indices
 from sgwsss.train import load_checkpoint
 
 
@@ -43,8 +43,7 @@ def main():
     cfg = meta["config"]
     ds = VOCSegmentation(resolve_root(args.voc_root), split=args.split, with_mask=True)
     beta = cfg.beta if args.beta is None else args.beta
-    kw = dict(grid=cfg.grid, beta=beta, stage_kwargs={"radius": cfg.radius, "eps": cfg.eps},
-              scales=cfg.infer_scales, flip=cfg.infer_flip)
+    kw = {**config_kwargs(cfg), "beta": beta}
     t0 = time.perf_counter()
     plain = stage_miou(model, ds, stages, indices=subset_indices(len(ds), args.images), **kw)
     t1 = time.perf_counter()

@@ -14,8 +14,8 @@ import torch
 
 from sgwsss.data import TrainTransform, VOCSegmentation, resolve_root
 from sgwsss.losses import segmentation_loss, step1_loss
-from sgwsss.model import build_model
 from sgwsss.train import get_config
+from sgwsss.train.checkpoint import network_for
 
 
 def main():
@@ -32,10 +32,10 @@ def main():
         return
     cfg = get_config(args.config, budget=1.0)
     try:
-        model = build_model(cfg.backbone, pretrained=cfg.pretrained, output_stride=cfg.output_stride).to(device)
+        model = network_for(cfg).to(device)
     except RuntimeError as exc:  # e.g. no network for ImageNet weights
         print(f"{exc}; measuring with random weights instead")
-        model = build_model(cfg.backbone, pretrained=False, output_stride=cfg.output_stride).to(device)
+        model = network_for(cfg, pretrained=False).to(device)
     model.train()
     ds = VOCSegmentation(resolve_root(args.voc_root), split="train", with_mask=True,
                          transform=TrainTransform(crop_size=cfg.crop_size, scale=cfg.scale))

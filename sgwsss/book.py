@@ -81,47 +81,59 @@ class Explorer:
     Holds the network outputs (localization maps, aggregation features), the
     normalised maps A at image size, the affinity grid and the guided filter's
     guide statistics; the methods recompute only the cheap step a control changes.
+
+    ``config`` (a :class:`~sgwsss.train.TrainConfig`, e.g. ``meta["config"]`` of
+    :func:`load_model`) supplies what the run's pseudo labels used: the affinity
+    ``grid``, the walk's ``beta``, the guided filter's ``radius`` and ``eps`` and the
+    test-time augmentation of the maps; ``None``: the paper's defaults. Every method
+    argument left as ``None`` takes the configuration's value.
     """
 
-    def __init__(self, model, item, grid: int = 50):
+    def __init__(self, model, item, config=None, grid: int | None = None):
         import torch
 
         from sgwsss.refine.affinity import affinity_matrix
         from sgwsss.refine.stages import normalize_maps
+        from sgwsss.train.config import TrainConfig, as_config
 
+        self.config = TrainConfig() if config is None else as_config(config)
         self.item = item
-        self.grid = grid
+        self.grid = self.config.grid if grid is None else int(grid)
         dev = next(model.parameters()).device
         self.image = item["image"][None].to(dev)
         self.labels = item["label"][None].to(dev)
         with torch.no_grad():
-            out = model(self.image)
+            out = model.infer(self.image, self.config.infer_scales, self.config.infer_flip)
             self.cam = out.cam
-            self.W = affinity_matrix(out.feat, grid=grid)
+            self.W = affinity_matrix(out.feat, grid=self.grid)
         self.A = normalize_maps(torch.nn.functional.interpolate(out.cam, size=self.image.shape[-2:], mode="bilinear",
                                                                 align_corners=False), self.labels)
-        self._gf = {}
 
     @property
     def present(self):
         return [int(c) for c in (self.labels[0] > 0.5).nonzero().flatten()]
 
-    def transition(self, beta: float = 1.0):
+    def transition(self, beta: float | None = None):
+        """T = D^-1 W^beta (Eq. 3; beta default: the configuration's)."""
         from sgwsss.refine.affinity import transition_matrix
 
-        return transition_matrix(self.W, beta=beta)
+        return transition_matrix(self.W, beta=self.config.beta if beta is None else beta)
 
-    def stage(self, name: str, beta: float = 1.0, **kw):
-        """Maps of a Table 1 stage (B=1): (1,20,H,W)."""
+    def stage(self, name: str, beta: float | None = None, **kw):
+        """Maps of a Table 1 stage (B=1): (1,20,H,W). ``kw`` go to the self-guided refinement
+        (default ``radius`` and ``eps``: the configuration's)."""
         import torch
 
         from sgwsss.refine.stages import refine_stage
 
+        if name.startswith("G"):
+            kw.setdefault("radius", self.config.radius)
+            kw.setdefault("eps", self.config.eps)
         with torch.no_grad():
             return refine_stage(name, self.image, self.cam, self.labels, transition=self.transition(beta),
                                 grid=self.grid, **kw)
 
-    def pseudo_label(self, name: str, beta: float = 1.0, **kw):
+    def pseudo_label(self, name: str, beta: float | None = None, **kw):
         """Pseudo labels (Eq. 11) of a stage: (H,W) int64."""
         from sgwsss.refine.pseudo_label import pseudo_label
 

@@ -6,8 +6,9 @@ also works from a ``pip install`` in Colab). The chapter only formats these file
 no number in it is typed by hand.
 
 Names: ``guided_filter``, ``pseudo_labels``, ``train_cpu`` / ``train_paper``,
-``stages`` (Table 1 pseudo-label mIoU on ``train``) and ``table1`` (segmentation
-networks trained on each stage's pseudo labels).
+``stages`` (Table 1 pseudo-label mIoU on ``train``), ``table1`` (segmentation
+networks trained on each stage's pseudo labels), ``segmentation`` (a run's final
+network on ``val``) and ``oracle_refinement`` (the refinement on degraded ground truth).
 """
 from __future__ import annotations
 
@@ -189,6 +190,25 @@ def speed_table(guided_filter: Optional[Mapping[str, Any]] = None, pseudo_labels
                 rows.append([f"`{t['config']}` {step} training, images/s (batch {s['batch']})",
                              f"{t['device']}, {t['threads']} threads", f"{s['images_per_second']:.2f}", "", ""])
     return markdown_table(["measurement", "where", "sgwsss", "OpenCV", "OpenCV / sgwsss"], rows)
+
+
+def segmentation_table(segmentation: Mapping[str, Any]) -> str:
+    """Per-class table (the paper's Table 2 layout) of ``segmentation.json``: the run's final network
+    on its split, without and with CRF."""
+    from sgwsss.evaluate import per_class_table
+
+    return per_class_table(segmentation["results"])
+
+
+def oracle_table(oracle: Mapping[str, Any]) -> str:
+    """Markdown table of ``oracle_refinement.json``: pseudo-label mIoU of degraded ground truth,
+    blurred and after each number of self-guided refinement iterations."""
+    rows = []
+    for g in oracle["grow"]:
+        r = oracle["miou"][str(g)]
+        rows.append([f"{g:+d} px", *(pct(v) for v in r.values())])
+    header = ["masks grown by", f"blurred (stride {oracle['stride']})", *(f"G x{k}" for k in oracle["iterations"])]
+    return markdown_table(header, rows)
 
 
 def plot_stages(stages: Mapping[str, Any], table1: Optional[Mapping[str, Any]] = None, ax=None):

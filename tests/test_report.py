@@ -62,3 +62,14 @@ def test_shipped_results_are_valid_json():
     for path in report.RESULTS_DIR.glob("*.json"):
         data = json.loads(path.read_text())
         assert data["name"] == path.stem and "command" in data and "machine" in data
+
+
+def test_oracle_and_segmentation_tables():
+    oracle = {"stride": 16, "iterations": [1, 15], "grow": [-16, 0],
+              "miou": {"-16": {"maps": 0.5, "G x1": 0.55, "G x15": 0.6}, "0": {"maps": 0.7, "G x1": 0.75, "G x15": 0.7}}}
+    lines = report.oracle_table(oracle).splitlines()
+    assert lines[0] == "| masks grown by | blurred (stride 16) | G x1 | G x15 |"
+    assert lines[2:] == ["| -16 px | 50.0 | 55.0 | 60.0 |", "| +0 px | 70.0 | 75.0 | 70.0 |"]
+    seg = {"results": {"network": {"miou": 0.25, "iou": {"background": 0.8, "cat": 0.5}}}}
+    md = report.segmentation_table(seg)
+    assert "| network |" in md and "80.0" in md and "25.0" in md

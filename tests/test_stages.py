@@ -30,14 +30,16 @@ def _inputs(seed=0, b=2, c=5):
     return image, cam, labels, transition
 
 
-def _manual_refine(image, maps, iterations, feedback="binary", radius=17, eps=1e-6):
-    """Reference loop: skimage Otsu + the (separately tested) guided filter, one map at a time."""
+def _manual_refine(image, maps, iterations, feedback="binary", radius=17, eps=1e-6, threshold=None):
+    """Reference loop: skimage Otsu (or a fixed threshold) + the (separately tested) guided filter,
+    one map at a time."""
     out = torch.zeros_like(maps)
     for b in range(maps.shape[0]):
         for k in range(maps.shape[1]):
             q = maps[b, k].numpy()
             for t in range(iterations):
-                p = (q > threshold_otsu(q)).astype(np.float32) if (t == 0 or feedback == "binary") else q
+                cut = threshold_otsu(q) if threshold is None else threshold
+                p = (q > cut).astype(np.float32) if (t == 0 or feedback == "binary") else q
                 q = guided_filter(image[b : b + 1], torch.from_numpy(p)[None, None], radius, eps)[0, 0].numpy()
             out[b, k] = torch.from_numpy(q)
     return out
@@ -112,6 +114,12 @@ def test_self_guided_feedback_modes_and_absent_classes():
         present = labels != 0
         torch.testing.assert_close(got[present], want[present], rtol=0, atol=1e-5)
         assert got[~present].abs().max() == 0
+    # a fixed threshold instead of Otsu's, at every iteration
+    got = self_guided_refine(image, maps, iterations=2, labels=labels, threshold=0.8, skip_constant=False)
+    want = _manual_refine(image, maps, 2, threshold=0.8)
+    torch.testing.assert_close(got[labels != 0], want[labels != 0], rtol=0, atol=1e-5)
+    otsu = self_guided_refine(image, maps, iterations=2, labels=labels)
+    assert (got - otsu).abs().max() > 1e-2
     # the two modes really differ after the first iteration
     a = self_guided_refine(image, maps, iterations=2, labels=labels, feedback="binary")
     b = self_guided_refine(image, maps, iterations=2, labels=labels, feedback="filtered")
@@ -160,3 +168,19 @@ def test_refinement_snaps_coarse_maps_to_the_objects(voc_root):
         before.append(iou(pseudo_label(maps, labels)[0] == cls))
         after.append(iou(pseudo_label(self_guided_refine(img, maps, labels=labels), labels)[0] == cls))
     assert np.mean(after) > np.mean(before) + 0.015, (before, after)
+
+
+def test_oracle_refinement_on_degraded_masks(voc_small_dataset):
+    from sgwsss.table1 import oracle_refinement
+
+    # undegraded masks (stride 1, no growth) are the ground truth itself: Eq. 11 gives it back
+    exact = oracle_refinement(voc_small_dataset, stride=1, iterations=(), progress=False)
+    assert exact == {"maps": 1.0}
+    # CAM-like blur: one guided-filter pass moves the maps back towards the objects
+    blurred = oracle_refinement(voc_small_dataset, stride=16, iterations=(1,), progress=False)
+    assert blurred["G x1"] > blurred["maps"] + 0.01, blurred
+    # over-covering maps (grown by 24 px) score lower than the plain blur
+    grown = oracle_refinement(voc_small_dataset, stride=16, grow=24, iterations=(), progress=False)
+    assert grown["maps"] < blurred["maps"] - 0.02, (grown, blurred)
+    with pytest.raises(ValueError, match="stride"):
+        oracle_refinement(voc_small_dataset, stride=0)

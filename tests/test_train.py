@@ -379,3 +379,16 @@ def test_pseudo_labels_resumable_and_predict(uninterrupted, tmp_path):
         ref = torch.nn.functional.interpolate(seg, size=item["image"].shape[1:], mode="bilinear",
                                               align_corners=False).argmax(1)[0].numpy()
     np.testing.assert_array_equal(np.array(Image.open(pred / f"{ids[0]}.png")), ref)
+    # test-time augmentation: the mask is the arg-max of the flip-averaged logits (SGNet.infer)
+    from sgwsss.train import mask_from_probs, predict_probs
+
+    flipped = tmp_path / "pred_flip"
+    assert predict(model, ds, flipped, flip=True, progress=False) == 2
+    with torch.no_grad():
+        seg = model.infer(item["image"][None], flip=True).seg
+        ref = torch.nn.functional.interpolate(seg, size=item["image"].shape[1:], mode="bilinear",
+                                              align_corners=False).argmax(1)[0].numpy()
+    np.testing.assert_array_equal(np.array(Image.open(flipped / f"{ids[0]}.png")), ref)
+    probs = predict_probs(model, item["image"][None], flip=True)
+    torch.testing.assert_close(probs.sum(1), torch.ones(probs.shape[0], *probs.shape[2:]))
+    np.testing.assert_array_equal(mask_from_probs(item["image"], probs[0]), ref)

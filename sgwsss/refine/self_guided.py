@@ -28,6 +28,7 @@ def self_guided_refine(
     labels: torch.Tensor | None = None,
     feedback: str = "binary",
     skip_constant: bool = True,
+    threshold: float | None = None,
 ) -> torch.Tensor:
     """Self-guided refinement of the present class maps: (B, C, H, W) -> (B, C, H, W).
 
@@ -45,6 +46,9 @@ def self_guided_refine(
       iteration re-binarises the previous output with its own Otsu threshold;
     * ``feedback="filtered"``: ``Q^1`` as above, then ``Q^t = GF(Q^{t-1})`` (the
       filtered map itself is filtered again, no re-binarisation).
+
+    ``threshold=None`` binarises with each map's Otsu threshold (the paper); a number
+    uses that fixed threshold instead, for every map and iteration (for exploring).
 
     The result is ``Q^iterations`` (continuous values, typically in [0, 1]); one
     iteration is the ``G`` row of Table 1, 15 the ``G-iter15`` row. The guide
@@ -87,7 +91,7 @@ def self_guided_refine(
             for t in range(int(iterations)):
                 binary = t == 0 or feedback == "binary"
                 if binary:  # float32 maps: the mask goes to the filter as a bool tensor
-                    p = q > otsu_threshold(q)[:, :, None, None]
+                    p = q > (otsu_threshold(q)[:, :, None, None] if threshold is None else float(threshold))
                     p = p if maps.dtype == torch.float32 else p.to(maps.dtype)
                 else:
                     p = q

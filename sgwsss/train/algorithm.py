@@ -32,7 +32,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import torch
 import torch.distributed as dist
 
-from sgwsss.train.checkpoint import (atomic_save, capture_rng_state, load_checkpoint, make_checkpoint,
+from sgwsss.train.checkpoint import (atomic_save, capture_rng_state, load_checkpoint, make_checkpoint, network_for,
                                      read_checkpoint, restore_rng_state, seed_everything)
 from sgwsss.train.config import TrainConfig, as_config
 from sgwsss.train.loop import MetricsWriter, Runtime, init_distributed, train_step1, train_step2
@@ -160,7 +160,6 @@ def train(config: Union[TrainConfig, str, dict] = "cpu", voc_root=None, work_dir
 
 def _train(cfg: TrainConfig, voc_root, runtime: Runtime, resume: bool) -> Dict[str, Any]:
     from sgwsss.data import TrainTransform, VOCSegmentation, resolve_root
-    from sgwsss.model import build_model
 
     work_dir = Path(runtime.work_dir)
     last = runtime.checkpoint_dir / "last.pt"
@@ -195,8 +194,7 @@ def _train(cfg: TrainConfig, voc_root, runtime: Runtime, resume: bool) -> Dict[s
     transform = TrainTransform(crop_size=cfg.crop_size, scale=cfg.scale, hflip=cfg.hflip)
 
     seed_everything(cfg.seed)
-    model = build_model(cfg.backbone, pretrained=cfg.pretrained and ckpt is None, output_stride=cfg.output_stride,
-                        freeze_bn=cfg.freeze_bn, classifier_init=cfg.classifier_init, freeze_early=cfg.freeze_early)
+    model = network_for(cfg, pretrained=cfg.pretrained and ckpt is None)
     if ckpt is not None:
         if ckpt.get("backbone", cfg.backbone) != model.backbone_name:
             raise ValueError(f"{last} holds a {ckpt.get('backbone')!r} network, config asks {model.backbone_name!r}")

@@ -120,6 +120,17 @@ def read_checkpoint(path: PathLike, map_location="cpu") -> Dict[str, Any]:
     return ckpt
 
 
+def network_for(config: TrainConfig, pretrained: Optional[bool] = None) -> torch.nn.Module:
+    """The network a configuration trains: backbone, output stride, BatchNorm freezing,
+    classification-branch start and early-layer freezing as in ``config``
+    (``pretrained`` default: ``config.pretrained``)."""
+    from sgwsss.model import build_model
+
+    return build_model(config.backbone, pretrained=config.pretrained if pretrained is None else pretrained,
+                       output_stride=config.output_stride, freeze_bn=config.freeze_bn,
+                       classifier_init=config.classifier_init, freeze_early=config.freeze_early)
+
+
 def load_checkpoint(path: PathLike, device: Union[str, torch.device] = "cpu",
                     backbone: Optional[str] = None) -> Tuple[torch.nn.Module, Dict[str, Any]]:
     """Rebuild the network stored in ``path`` (from its own config) and load its weights.
@@ -133,14 +144,12 @@ def load_checkpoint(path: PathLike, device: Union[str, torch.device] = "cpu",
         ``(model, meta)``: the model in eval mode on ``device`` and
         ``meta = {"config": TrainConfig, "backbone": str, "progress": dict, "kind": str, "path": str}``.
     """
-    from sgwsss.model import build_model
-
     ckpt = read_checkpoint(path)
     config = as_config(ckpt["config"])
     stored = ckpt.get("backbone", config.backbone)
     if backbone is not None and backbone != stored:
         raise ValueError(f"checkpoint {path} holds a {stored!r} network, but backbone={backbone!r} was asked")
-    model = build_model(stored, pretrained=False, output_stride=config.output_stride)
+    model = network_for(config.replace(backbone=stored), pretrained=False)
     model.load_state_dict(ckpt["model"])
     model.to(device).eval()
     meta = {"config": config, "backbone": stored, "progress": ckpt.get("progress", {}), "kind": ckpt.get("kind"),

@@ -27,7 +27,7 @@ from sgwsss.constants import AFFINITY_STAGES, STAGES
 from sgwsss.data import PALETTE
 from sgwsss.train.config import TrainConfig, as_config
 
-__all__ = ["write_index_png", "generate_pseudo_labels", "predict"]
+__all__ = ["write_index_png", "generate_pseudo_labels", "predict", "predict_probs", "mask_from_probs"]
 
 NUM_CLASSES = 21
 
@@ -223,15 +223,32 @@ def predict(model: torch.nn.Module, dataset, out_dir: Union[str, os.PathLike], c
     device = next(model.parameters()).device
 
     def per_batch(batch):
-        from sgwsss.crf import crf_labels
-
         images, _ = _to_device_batch(batch, device)
-        seg = model.infer(images, tuple(scales), flip).seg
-        seg = F.interpolate(seg.float(), size=images.shape[-2:], mode="bilinear", align_corners=False)
-        if not crf:
-            return seg.argmax(1).cpu().numpy()
-        probs = torch.softmax(seg, dim=1).cpu().numpy()
-        return np.stack([crf_labels(it["image"].cpu().numpy(), p, params) for it, p in zip(batch, probs)])
+        probs = predict_probs(model, images, scales, flip)
+        return np.stack([mask_from_probs(it["image"], p, params) for it, p in zip(batch, probs)])
 
     return _run(model, dataset, out_dir, per_batch, batch_size=batch_size, skip_existing=skip_existing, rank=rank,
                 world_size=world_size, progress=progress, desc="predict")
+
+
+def predict_probs(model: torch.nn.Module, images: torch.Tensor, scales: Sequence[float] = (1.0,),
+                  flip: bool = False) -> torch.Tensor:
+    """The segmentation branch's class probabilities at the image size: (B, 3, H, W) -> (B, 21, H, W).
+
+    Softmax of the logits of :meth:`~sgwsss.model.SGNet.infer` (averaged over ``scales``
+    and, with ``flip``, mirrored inputs), bilinearly upsampled; no gradient, float32.
+    """
+    with torch.no_grad():
+        seg = model.infer(images, tuple(scales), flip).seg
+        seg = F.interpolate(seg.float(), size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return torch.softmax(seg, dim=1)
+
+
+def mask_from_probs(image: torch.Tensor, probs: torch.Tensor, crf_params=None) -> np.ndarray:
+    """(H, W) int64 mask from (21, H, W) probabilities: their arg-max, or with ``crf_params``
+    (a :class:`sgwsss.crf.CRFParams`) the dense CRF's arg-max guided by ``image`` (3, H, W) in [0, 1]."""
+    if crf_params is None:
+        return probs.argmax(0).cpu().numpy()
+    from sgwsss.crf import crf_labels
+
+    return crf_labels(image.cpu().numpy(), probs.cpu().numpy(), crf_params)
