@@ -108,3 +108,29 @@ def test_argument_errors():
         otsu_threshold(torch.rand(1, 1, 4, 4), nbins=1)
     with pytest.raises(TypeError, match="torch.Tensor"):
         otsu_threshold(np.zeros((1, 1, 4, 4)))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("kind", ["bimodal", "quantised", "wide_float64"])
+def test_large_maps_split_over_threads_match_skimage(kind, threads):
+    """Maps of VOC size: the CPU kernels split each map's range and histogram into pieces per thread."""
+    from sgwsss.refine import _cpu_kernels
+
+    if not _cpu_kernels.available():
+        pytest.skip("numba not installed")
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        rng = np.random.default_rng(7)
+        maps = _random_maps(kind, rng, (1, 2, 333, 401))
+        maps[0, 0, -1, -1] = maps[0, 0].max() + 1  # the maximum in the last piece
+        maps[0, 1, 0, 0] = maps[0, 1].min() - 1  # the minimum in the first piece
+        _assert_same_as_skimage(maps[:, :1])  # one map: split into pieces
+        _assert_same_as_skimage(maps)
+        lo, hi = _cpu_kernels.minmax(maps.reshape(2, -1))
+        np.testing.assert_array_equal(lo, maps.reshape(2, -1).min(axis=1))
+        np.testing.assert_array_equal(hi, maps.reshape(2, -1).max(axis=1))
+    finally:
+        numba.set_num_threads(before)

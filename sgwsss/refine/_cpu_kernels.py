@@ -3,7 +3,7 @@
 * :func:`filter_maps`: the colour guided filter (Eqs. 6-8 of Ke & Hsu);
 * :func:`guide_stats`: the guide's window means and inverse regularised covariances;
 * :func:`active_rows_cols`: where a map is not locally constant (``skip_constant``);
-* :func:`histograms`: numpy-exact histograms for Otsu's threshold.
+* :func:`histograms`, :func:`minmax`: numpy-exact histograms and ranges for Otsu's threshold.
 
 :mod:`sgwsss.refine.guided_filter` and :mod:`sgwsss.refine.otsu` use them on the
 CPU when numba is installed (``available()``); otherwise, and on other devices,
@@ -34,7 +34,7 @@ try:  # numba is an optional accelerator: without it the torch path runs
 except ImportError:  # pragma: no cover - exercised only without numba
     numba = None
 
-__all__ = ["available", "prepare_threads", "filter_maps", "guide_stats", "active_rows_cols", "histograms"]
+__all__ = ["available", "prepare_threads", "filter_maps", "guide_stats", "active_rows_cols", "histograms", "minmax"]
 
 def available() -> bool:
     """True when numba is importable (the fused CPU kernel can run)."""
@@ -282,13 +282,16 @@ if numba is not None:
                         cols[x] = True
 
     @njit(parallel=True, cache=True)
-    def _histograms(x, lo, scale, edges, counts):
-        # numpy.histogram's bins (see sgwsss.refine.otsu._histograms), one row per map
+    def _histograms(x, lo, scale, edges, nchunks, counts):
+        # numpy.histogram's bins (see sgwsss.refine.otsu._histograms); each row split into
+        # nchunks pieces so that one map also spreads over the threads; counts (M * nchunks, nbins)
         m, n = x.shape
         nbins = counts.shape[1]
-        for i in prange(m):
+        size = (n + nchunks - 1) // nchunks
+        for task in prange(m * nchunks):
+            i = task // nchunks
             e = edges[i]
-            for j in range(n):
+            for j in range((task % nchunks) * size, min(n, (task % nchunks + 1) * size)):
                 v = x[i, j]
                 t = int(np.trunc((v - lo[i]) * scale[i]))
                 t = min(max(t, 0), nbins - 1)
@@ -296,7 +299,32 @@ if numba is not None:
                     t -= 1
                 if t < nbins - 1 and v >= e[t + 1]:
                     t += 1
-                counts[i, t] += 1
+                counts[task, t] += 1
+
+    @njit(parallel=True, cache=True)
+    def _minmax(x, nchunks, lo, hi):
+        # per-chunk minimum / maximum of the rows of x (M, N) -> lo, hi (M * nchunks,)
+        m, n = x.shape
+        size = (n + nchunks - 1) // nchunks
+        for task in prange(m * nchunks):
+            i = task // nchunks
+            j0 = min((task % nchunks) * size, n - 1)
+            a = x[i, j0]
+            b = a
+            for j in range(j0, min(n, (task % nchunks + 1) * size)):
+                v = x[i, j]
+                if v < a:
+                    a = v
+                if v > b:
+                    b = v
+            lo[task] = a
+            hi[task] = b
+
+
+def _chunks(m: int, n: int) -> int:
+    """Pieces per row so that ``m`` rows of ``n`` values keep every thread busy (pieces >= 32k values)."""
+    threads = numba.get_num_threads()
+    return max(1, min(-(-threads // max(m, 1)), n // 32768))
 
 
 def guide_stats(guide: np.ndarray, radius: int, eps: float, inv_nh: np.ndarray, inv_nw: np.ndarray):
@@ -322,9 +350,21 @@ def active_rows_cols(p: np.ndarray):
 def histograms(x: np.ndarray, lo: np.ndarray, scale: np.ndarray, edges: np.ndarray, nbins: int) -> np.ndarray:
     """Bin counts (M, nbins) of the rows of ``x`` (M, N): ``t = trunc((v - lo) * scale)``, fixed up
     against ``edges`` (M, nbins + 1) exactly as :func:`sgwsss.refine.otsu._histograms` does (same dtype)."""
-    counts = np.zeros((x.shape[0], nbins), dtype=np.int64)
-    _histograms(x, lo, scale, edges, counts)
-    return counts
+    m, n = x.shape
+    k = _chunks(m, n)
+    counts = np.zeros((m * k, nbins), dtype=np.int64)
+    _histograms(x, lo, scale, edges, k, counts)
+    return counts.reshape(m, k, nbins).sum(axis=1) if k > 1 else counts
+
+
+def minmax(x: np.ndarray):
+    """Row-wise minimum and maximum of ``x`` (M, N), N >= 1 -> two (M,) arrays of x's dtype (no NaN support)."""
+    m, n = x.shape
+    k = _chunks(m, n)
+    lo = np.empty(m * k, dtype=x.dtype)
+    hi = np.empty(m * k, dtype=x.dtype)
+    _minmax(x, k, lo, hi)
+    return lo.reshape(m, k).min(axis=1), hi.reshape(m, k).max(axis=1)
 
 
 def _column_block(width: int) -> int:

@@ -91,7 +91,10 @@ def otsu_threshold(maps: torch.Tensor, nbins: int = 256) -> torch.Tensor:
         raise ValueError(f"maps must have at least one pixel, got shape {tuple(maps.shape)}")
     if x.dtype not in (torch.float32, torch.float64):
         x = x.float()
-    lo, hi = torch.aminmax(x, dim=1)
+    if x.device.type == "cpu" and _cpu_kernels.available():  # one parallel pass, also for a single map
+        lo, hi = (torch.from_numpy(v) for v in _cpu_kernels.minmax(x.contiguous().numpy()))
+    else:
+        lo, hi = torch.aminmax(x, dim=1)
     thresholds = lo.clone()  # constant maps: the value itself
     rows = torch.nonzero(lo != hi).flatten()
     if rows.numel() > 0:
