@@ -69,3 +69,15 @@ def test_argument_errors():
         pseudo_label(torch.rand(4, 6, 8), torch.ones(1, 4))
     with pytest.raises(TypeError, match="refined must be a floating"):
         pseudo_label(torch.ones(1, 4, 2, 2, dtype=torch.int64), torch.ones(1, 4))
+
+
+def test_equal_scores_go_to_the_first_present_class():
+    refined = _maps()
+    refined[0, 0, :, :2] = 0.9  # absent class 1, stronger than both: ignored
+    refined[0, 1, :, :5] = 0.7
+    refined[0, 3, :, 3:] = 0.7  # ties with class 2 on columns 3-4
+    got = pseudo_label(refined, torch.tensor([[0, 1, 0, 1]]))
+    want = torch.zeros(1, 6, 8, dtype=torch.int64)
+    want[0, :, :5] = 2
+    want[0, :, 5:] = 4
+    assert torch.equal(got, want)

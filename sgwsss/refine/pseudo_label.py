@@ -37,11 +37,13 @@ def pseudo_label(refined: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     b, c = refined.shape[:2]
     present = _check_labels(labels, b, c).to(refined.device)
     refined = refined.detach()
-    # thresholds of the present classes only; absent classes never fire
-    thresholds = torch.full((b, c), float("inf"), dtype=refined.dtype, device=refined.device)
-    if present.any():
-        thresholds[present] = otsu_threshold(refined[present][None])[0]
-    fire = refined > thresholds[:, :, None, None]
-    scores = torch.where(fire, refined, torch.full_like(refined, float("-inf")))
-    best = scores.argmax(dim=1)
-    return torch.where(fire.any(dim=1), best + 1, torch.zeros_like(best))
+    out = torch.zeros((b, *refined.shape[2:]), dtype=torch.int64, device=refined.device)
+    for i in range(b):  # only the present classes' maps are read (absent classes never fire)
+        idx = torch.nonzero(present[i]).flatten()
+        if idx.numel() == 0:
+            continue
+        maps = refined[i, idx]
+        fire = maps > otsu_threshold(maps[None])[0][:, None, None]
+        best = maps.masked_fill(~fire, float("-inf")).argmax(dim=0)  # first present class on ties
+        out[i] = torch.where(fire.any(dim=0), idx[best] + 1, 0)
+    return out
