@@ -47,16 +47,21 @@ def work_dir(name: str = "") -> Path:
 def train_run(config: str = "cpu", **overrides) -> Path:
     """Train the book's model with Algorithm 1, or reuse it when already trained.
 
-    The run lives in ``work_dir("<config>-budget<b>")``; a killed run resumes from
-    its last checkpoint. ``SGWSSS_BUDGET`` (see :mod:`sgwsss.train.config`) is the
+    The run lives in ``work_dir("<config>-budget<b>-<hash>")``, the hash naming the full
+    configuration, so a changed configuration trains afresh instead of reusing a stale
+    run; a killed run resumes from its last checkpoint. ``SGWSSS_BUDGET`` (see :mod:`sgwsss.train.config`) is the
     one switch that shortens training under test (``make test`` sets it).
     Returns the run folder (``config.json``, ``metrics.jsonl``, ``checkpoints/``,
     ``round*/pseudo/``, ``final.pt``).
     """
+    import hashlib
+    import json
+
     from sgwsss.train import get_config, train
 
     cfg = get_config(config, **overrides)
-    run = work_dir(f"{cfg.name}-budget{cfg.budget:g}")
+    key = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    run = work_dir(f"{cfg.name}-budget{cfg.budget:g}-{key}")
     if not (run / "final.pt").exists():
         train(cfg, voc_root=voc_root(), work_dir=run, resume=True)
     return run
