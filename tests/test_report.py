@@ -73,3 +73,22 @@ def test_oracle_and_segmentation_tables():
     seg = {"results": {"network": {"miou": 0.25, "iou": {"background": 0.8, "cat": 0.5}}}}
     md = report.segmentation_table(seg)
     assert "| network |" in md and "80.0" in md and "25.0" in md
+
+
+def test_plot_puts_the_crf_bars_beside_the_same_subset():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    res = _stages([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], crf={s: 0.7 for s in STAGES})
+    for s, sub in zip(STAGES, [0.15, 0.25, 0.35, 0.45, 0.55, 0.65]):
+        res["stages"][s]["miou_subset"] = sub
+    table1 = {"stages": {"A": {"val_miou": 0.05}}}
+    ax = report.plot_stages(res, table1).axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["pseudo labels (10 train images)", "pseudo labels (4 of them)", "pseudo labels + CRF (4 of them)",
+                      "segmentation net, val"]
+    heights = [[round(b.get_height(), 6) for b in c] for c in ax.containers]
+    assert heights[0] == [10.0, 20.0, 30.0, 40.0, 50.0, 60.0]
+    assert heights[1] == [15.0, 25.0, 35.0, 45.0, 55.0, 65.0]
+    assert heights[2] == [70.0] * 6
+    assert heights[3][0] == 5.0 and all(h != h for h in heights[3][1:])  # unmeasured stages: no bar (NaN)
