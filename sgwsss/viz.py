@@ -214,6 +214,80 @@ def show_maps(image, maps, labels, *, title: str = "", cmap: str = "jet", vmax=N
     return fig
 
 
+def show_transition_row(image, transition, similarity, *, row: int | None = None, col: int | None = None,
+                        transition_title: str = "row of T", similarity_title: str = "row of M (row-normalised)"):
+    """One grid cell's row of the transition matrix T (Eq. 3) beside its row of the colour similarity M.
+
+    image (1,3,H,W) or (3,H,W) in [0,1]; transition and similarity (1,N,N) or (N,N) with N = g*g
+    for a g x g grid; ``row``/``col`` pick the cell (default: the centre). Left: the image with
+    the cell marked; middle and right: where a walker standing on the cell steps next.
+    """
+    plt = _plt()
+    image = image[0] if image.ndim == 4 else image
+    mats = [m[0] if m.ndim == 3 else m for m in (transition, similarity)]
+    n = mats[0].shape[-1]
+    g = int(round(n ** 0.5))
+    if g * g != n or any(m.shape != (n, n) for m in mats):
+        raise ValueError(f"transition and similarity must be (N, N) for a square grid, got "
+                         f"{tuple(mats[0].shape)} and {tuple(mats[1].shape)}")
+    row = g // 2 if row is None else int(row)
+    col = g // 2 if col is None else int(col)
+    if not (0 <= row < g and 0 <= col < g):
+        raise ValueError(f"row and col must lie in [0, {g - 1}], got ({row}, {col})")
+    p = row * g + col
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+    h, w = image.shape[-2:]
+    axes[0].imshow(to_hwc_uint8(image))
+    axes[0].plot((col + 0.5) * w / g, (row + 0.5) * h / g, "w+", ms=14, mew=3)
+    axes[0].set_title("image and the chosen cell")
+    for ax, mat, name in ((axes[1], mats[0], transition_title), (axes[2], mats[1], similarity_title)):
+        values = mat[p].detach().cpu().numpy() if hasattr(mat, "detach") else np.asarray(mat[p])
+        im = ax.imshow(values.reshape(g, g), cmap="viridis")
+        ax.plot(col, row, "r+", ms=12, mew=2)
+        ax.set_title(name)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    for ax in axes:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def show_refinement(image, maps, labels, *, radius: int = 17, eps: float = 1e-6, iterations: int = 1,
+                    threshold: float | None = None, cls: int | None = None):
+    """One class through the self-guided refinement: the map A, its binarisation B and the guided filter's output.
+
+    image (1,3,H,W) in [0,1]; maps (1,20,H,W) localization maps at the image size; labels (1,20).
+    ``cls`` (0-based channel) defaults to the first present class; ``threshold=None`` binarises
+    with Otsu's threshold, as :func:`sgwsss.refine.self_guided.self_guided_refine` does.
+    """
+    import torch
+
+    from sgwsss.data import CLASSES
+    from sgwsss.refine.otsu import otsu_threshold
+    from sgwsss.refine.self_guided import self_guided_refine
+
+    plt = _plt()
+    present = torch.nonzero(torch.as_tensor(labels)[0] > 0.5).flatten().tolist()
+    c = (present[0] if present else 0) if cls is None else int(cls)
+    a = maps[:, c:c + 1]
+    t = float(otsu_threshold(a)[0, 0]) if threshold is None else float(threshold)
+    q = self_guided_refine(image, a, iterations=iterations, radius=radius, eps=eps, threshold=threshold)
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.3))
+    a, b, q = (m[0, 0].detach().cpu().float().numpy() for m in (a, (a > t).float(), q))
+    panels = [(to_hwc_uint8(image[0]), "image", None), (a, f"A ({CLASSES[c + 1]})", "jet"),
+              (b, f"B = A > {t:.2f}" + (" (Otsu)" if threshold is None else ""), "gray"),
+              (q, f"guided filter x{iterations}", "jet")]
+    im = None
+    for ax, (img, name, cmap) in zip(axes, panels):
+        shown = ax.imshow(img, cmap=cmap, vmin=None if cmap is None else 0, vmax=None if cmap is None else 1)
+        im = shown if cmap == "jet" else im
+        ax.set_title(name)
+        ax.axis("off")
+    fig.colorbar(im, ax=list(axes), fraction=0.02)
+    fig.suptitle(f"radius {radius} (window {2 * radius + 1}), eps {eps:.0e}")
+    return fig
+
+
 def show_label_maps(image, label_maps: dict, *, gt=None, title: str = "", ncols: int = 4):
     """The image, optionally its ground truth, and several label maps (name -> (H,W) ints) in VOC colours,
     with a legend of the classes that appear."""

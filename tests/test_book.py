@@ -65,6 +65,14 @@ def test_static_page_has_controls_and_figures(built_book, chapter):
         assert "application/vnd.jupyter.widget-state+json" in html  # ipywidgets state embedded
 
 
+@pytest.mark.parametrize("chapter", ["07_segmentation", "09_results"])
+def test_markdown_table_outputs_render_as_tables(built_book, chapter):
+    """The per-class and results tables are Markdown outputs: they must become HTML tables, not pipe text."""
+    html = (built_book / "book" / f"{chapter}.html").read_text()
+    assert "<table" in html
+    assert "|---|" not in html and "| --- |" not in html
+
+
 @pytest.mark.skipif(_chromium() is None, reason="needs Debian's chromium (apt-get install chromium); .ci/run installs it")
 @pytest.mark.parametrize("chapter", ["04_affinity", "05_self_guided"])
 def test_chromium_renders_widgets_and_figures(built_book, chapter, tmp_path):

@@ -1,0 +1,52 @@
+"""Book figures (sgwsss.viz) that draw operator outputs: the panels must show exactly those outputs."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+import torch
+
+from sgwsss import viz
+from sgwsss.refine.otsu import otsu_threshold
+from sgwsss.refine.self_guided import self_guided_refine
+
+
+def _panel_data(ax):
+    return np.asarray(ax.get_images()[-1].get_array())
+
+
+def test_transition_row_shows_the_chosen_rows():
+    g = 5
+    rng = np.random.default_rng(0)
+    T = torch.from_numpy(rng.random((1, g * g, g * g))).float()
+    M = torch.from_numpy(rng.random((1, g * g, g * g))).float()
+    image = torch.rand(1, 3, 40, 50)
+    fig = viz.show_transition_row(image, T, M, row=1, col=3)
+    p = 1 * g + 3
+    np.testing.assert_array_equal(_panel_data(fig.axes[1]), T[0, p].reshape(g, g).numpy())
+    np.testing.assert_array_equal(_panel_data(fig.axes[2]), M[0, p].reshape(g, g).numpy())
+    with pytest.raises(ValueError, match="row and col"):
+        viz.show_transition_row(image, T, M, row=g, col=0)
+    with pytest.raises(ValueError, match="square grid"):
+        viz.show_transition_row(image, T[:, :24, :24], M, row=0, col=0)
+
+
+@pytest.mark.parametrize("threshold", [None, 0.3])
+def test_refinement_panels_are_the_binarised_map_and_the_refinement(threshold):
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, 30, 40)
+    maps = torch.zeros(1, 20, 30, 40)
+    yy, xx = torch.meshgrid(torch.arange(30.0), torch.arange(40.0), indexing="ij")
+    maps[0, 7] = torch.exp(-((yy - 15) ** 2 + (xx - 20) ** 2) / 60)  # class 8 = cat
+    labels = torch.zeros(1, 20)
+    labels[0, 7] = 1
+    fig = viz.show_refinement(image, maps, labels, radius=4, eps=1e-3, iterations=2, threshold=threshold)
+    a = maps[:, 7:8]
+    t = otsu_threshold(a)[0, 0] if threshold is None else threshold
+    np.testing.assert_array_equal(_panel_data(fig.axes[2]), (a[0, 0] > t).float().numpy())
+    want = self_guided_refine(image, maps, iterations=2, radius=4, eps=1e-3, labels=labels, threshold=threshold)[0, 7]
+    np.testing.assert_allclose(_panel_data(fig.axes[3]), want.numpy(), atol=1e-6)
+    assert fig.axes[1].get_title() == "A (cat)"
