@@ -15,7 +15,7 @@ import argparse
 import time
 
 from sgwsss.data import VOCSegmentation, resolve_root
-from sgwsss.report import markdown_table, pct, save_result
+from sgwsss.report import oracle_table, save_result
 from sgwsss.table1 import oracle_refinement, subset_indices
 
 
@@ -32,21 +32,18 @@ def main():
     grows = [int(g) for g in args.grow.split(",")]
     ds = VOCSegmentation(resolve_root(args.voc_root), split="train", with_mask=True)
     idx = subset_indices(len(ds), args.images)
-    rows, out = [], {}
+    out = {}
     t0 = time.perf_counter()
     for g in grows:
-        r = oracle_refinement(ds, idx, stride=args.stride, grow=g, iterations=iterations)
-        out[str(g)] = r
-        rows.append([f"{g:+d} px", *(pct(v) for v in r.values())])
-        print(rows[-1], flush=True)
-    header = ["ground truth grown by", "blurred maps", *(f"G x{k}" for k in iterations)]
+        out[str(g)] = oracle_refinement(ds, idx, stride=args.stride, grow=g, iterations=iterations)
+        print(f"{g:+d} px:", {k: round(100 * v, 1) for k, v in out[str(g)].items()}, flush=True)
+    record = {"split": "train", "images": len(idx), "stride": args.stride, "iterations": iterations, "grow": grows,
+              "miou": out}
     print(f"train: {len(idx)} images, stride {args.stride}, radius 17, eps 1e-6")
-    print(markdown_table(header, rows))
+    print(oracle_table(record))
     print(f"seconds: {time.perf_counter() - t0:.0f}")
     if not args.no_save:
-        path = save_result("oracle_refinement", {"split": "train", "images": len(idx), "stride": args.stride,
-                                                 "iterations": iterations, "grow": grows, "miou": out})
-        print(f"saved {path}")
+        print(f"saved {save_result('oracle_refinement', record)}")
 
 
 if __name__ == "__main__":
