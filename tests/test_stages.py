@@ -137,6 +137,8 @@ def test_self_guided_errors():
         self_guided_refine(image, maps, feedback="soft")
     with pytest.raises(ValueError, match="iterations"):
         self_guided_refine(image, maps, iterations=0)
+    with pytest.raises(ValueError, match="threshold must be None"):
+        self_guided_refine(image, maps, threshold="0.4")
     with pytest.raises(ValueError, match="maps must have shape"):
         self_guided_refine(image, maps[..., :-1])
     with pytest.raises(ValueError, match="labels must be a"):

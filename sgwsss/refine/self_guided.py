@@ -9,6 +9,8 @@ this step (``G-iter15``).
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from sgwsss.refine.guided_filter import GuidedFilter
@@ -71,6 +73,8 @@ def self_guided_refine(
         raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
     if feedback not in FEEDBACK_MODES:
         raise ValueError(f"feedback must be one of {FEEDBACK_MODES}, got {feedback!r}")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)):
+        raise ValueError(f"threshold must be None (Otsu) or a number, got {threshold!r}")
     b, c = maps.shape[:2]
     if labels is None:
         present = torch.ones(b, c, dtype=torch.bool, device=maps.device)
