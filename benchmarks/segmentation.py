@@ -18,7 +18,7 @@ import torch
 
 from sgwsss.data import CLASSES, VOCSegmentation, resolve_root
 from sgwsss.evaluate import evaluate_folder, per_class_table
-from sgwsss.report import save_result
+from sgwsss.report import images_per_class, save_result
 from sgwsss.train import load_checkpoint, predict
 
 
@@ -51,7 +51,9 @@ def main():
         path = save_result("segmentation", {
             "split": args.split, "run": str(args.run), "config": cfg.to_dict(), "images": len(ds),
             "results": {k: {"miou": v["miou"], "iou": v["iou"]} for k, v in results.items()},
-            "seconds": seconds})
+            "seconds": seconds,
+            "train_images_per_class": images_per_class(
+                VOCSegmentation(root, split=cfg.train_split, ids=cfg.train_ids).labels, CLASSES)})
         print(f"saved {path}")
 
 

@@ -10,7 +10,8 @@ G, G-iter15-w/o-aff, G-iter15) the pseudo labels (Eq. 11) of the ``train`` image
 are scored against the ground truth (mIoU as the nan-mean over classes with a
 non-zero union); with CRF on the first ``--crf-images`` of them (spread evenly;
 the CRF costs 1-5 s per image and stage on two cores). Prints a table and saves
-``sgwsss/results/stages.json``. Exits 0.
+``sgwsss/results/stages.json``, with the run's time per training phase
+(``run_seconds``, from its ``metrics.jsonl``). Exits 0.
 """
 import argparse
 import time
@@ -20,9 +21,9 @@ import torch
 
 from sgwsss.constants import STAGES
 from sgwsss.data import CLASSES, VOCSegmentation, resolve_root
-from sgwsss.report import markdown_table, pct, save_result
+from sgwsss.report import images_per_class, markdown_table, pct, save_result
 from sgwsss.table1 import config_kwargs, stage_miou, subset_indices
-from sgwsss.train import load_checkpoint
+from sgwsss.train import load_checkpoint, phase_seconds
 
 
 def main():
@@ -72,6 +73,9 @@ def main():
                            **({"miou_subset": plain_sub[s]["miou"], "miou_crf": crf[s]["miou"],
                                "iou_crf": crf[s]["iou"]} if crf else {})} for s in stages},
             "seconds": {"plain": t1 - t0, "crf": t2 - t1},
+            "run_seconds": phase_seconds(args.run / "metrics.jsonl"),
+            "train_images_per_class": images_per_class(
+                VOCSegmentation(resolve_root(args.voc_root), split=cfg.train_split, ids=cfg.train_ids).labels, CLASSES),
         })
         print(f"saved {path}")
 

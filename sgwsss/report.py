@@ -192,6 +192,59 @@ def speed_table(guided_filter: Optional[Mapping[str, Any]] = None, pseudo_labels
     return markdown_table(["measurement", "where", "sgwsss", "OpenCV", "OpenCV / sgwsss"], rows)
 
 
+def images_per_class(labels, names: Sequence[str]) -> Dict[str, int]:
+    """Training images per foreground class from an (N, 20) image-level label table
+    (``VOCSegmentation.labels``): ``{class name: count}``, ``names`` being the 21 class names."""
+    import numpy as np
+
+    counts = (np.asarray(labels) > 0.5).sum(axis=0)
+    if counts.shape != (len(names) - 1,):
+        raise ValueError(f"labels must have shape (N, {len(names) - 1}), got {np.shape(labels)}")
+    return {name: int(c) for name, c in zip(names[1:], counts)}
+
+
+def frequency_split_table(rows: Mapping[str, Mapping[str, Optional[float]]], counts: Mapping[str, int],
+                          min_images: int = 15) -> str:
+    """mIoU over all classes, over the classes with at least ``min_images`` training images
+    (and background), and over the rest, for each row ``{name: {class: IoU or None}}``.
+
+    The same nan-mean as the headline mIoU (classes whose IoU is None, i.e. with a zero union,
+    are left out), only over a subset of the classes; ``counts`` gives the training images per
+    foreground class (:func:`images_per_class`). A diagnostic for a small training set, where
+    classes seen once or twice score near 0 and pull the mean down whatever the method.
+    """
+    def mean(values):
+        values = [v for v in values if v is not None]
+        return sum(values) / len(values) if values else None
+
+    frequent = {name for name, n in counts.items() if n >= min_images}
+    out, seen_freq, seen_rare = [], set(), set()
+    for row, iou in rows.items():
+        freq = {c: v for c, v in iou.items() if v is not None and (c == "background" or c in frequent)}
+        rare = {c: v for c, v in iou.items() if v is not None and c not in freq}
+        seen_freq |= set(freq)
+        seen_rare |= set(rare)
+        out.append([row, pct(mean(iou.values())), pct(mean(freq.values())), pct(mean(rare.values()))])
+    header = ["", "all classes", f"{len(seen_freq)} classes with >= {min_images} training images (incl. background)",
+              f"{len(seen_rare)} classes with fewer"]
+    return markdown_table(header, out)
+
+
+def run_time_table(seconds: Mapping[str, float]) -> str:
+    """Markdown table of a run's wall-clock time per phase (``phase_seconds`` of its metrics),
+    in minutes: one row per ``round{r}/{phase}`` in the run's order, then the total."""
+    names = {"step1": "step 1 (L_cls + L_aff)", "pseudo": "pseudo labels", "step2": "step 2 (L_seg)"}
+    rows = []
+    for key, value in seconds.items():
+        if key == "total":
+            continue
+        rnd, phase = key.split("/", 1)
+        rows.append([f"{rnd.replace('round', 'round ')}: {names.get(phase, phase)}", f"{value / 60:.1f}"])
+    if "total" in seconds:
+        rows.append(["total", f"{seconds['total'] / 60:.1f}"])
+    return markdown_table(["phase", "minutes"], rows)
+
+
 def segmentation_table(segmentation: Mapping[str, Any]) -> str:
     """Per-class table (the paper's Table 2 layout) of ``segmentation.json``: the run's final network
     on its split, without and with CRF."""

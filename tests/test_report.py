@@ -92,3 +92,33 @@ def test_plot_puts_the_crf_bars_beside_the_same_subset():
     assert heights[1] == [15.0, 25.0, 35.0, 45.0, 55.0, 65.0]
     assert heights[2] == [70.0] * 6
     assert heights[3][0] == 5.0 and all(h != h for h in heights[3][1:])  # unmeasured stages: no bar (NaN)
+
+
+def test_run_time_table_in_minutes_and_run_order():
+    seconds = {"round1/step1": 540.0, "round1/pseudo": 330.0, "round1/step2": 510.0, "total": 1380.0}
+    table = report.run_time_table(seconds)
+    lines = table.splitlines()
+    assert lines[0].startswith("| phase") and len(lines) == 2 + 4
+    assert "round 1: step 1" in lines[2] and "9.0" in lines[2]
+    assert "pseudo labels" in lines[3] and "5.5" in lines[3]
+    assert "step 2" in lines[4] and "8.5" in lines[4]
+    assert lines[5].startswith("| total") and "23.0" in lines[5]
+
+
+def test_frequency_split_table_by_hand():
+    import numpy as np
+
+    from sgwsss.data import CLASSES
+
+    labels = np.zeros((20, 20), dtype=np.float32)
+    labels[:, CLASSES.index("cat") - 1] = 1  # cat in all 20 images
+    labels[:3, CLASSES.index("bird") - 1] = 1  # bird in 3
+    counts = report.images_per_class(labels, CLASSES)
+    assert counts["cat"] == 20 and counts["bird"] == 3 and counts["dog"] == 0
+    with pytest.raises(ValueError, match="shape"):
+        report.images_per_class(labels[:, :5], CLASSES)
+    rows = {"A": {"background": 0.8, "cat": 0.6, "bird": 0.1, "dog": 0.0, "boat": None}}
+    table = report.frequency_split_table(rows, counts, min_images=15)
+    # all: (0.8 + 0.6 + 0.1 + 0.0) / 4; frequent: background and cat; rare: bird and dog (boat has no union)
+    assert table.splitlines()[2] == "| A | 37.5 | 70.0 | 5.0 |"
+    assert "2 classes with >= 15 training images" in table.splitlines()[0]

@@ -280,6 +280,12 @@ def test_train_writes_outputs(uninterrupted):
                                                       for i in range(1, n + 1)]
     assert all(np.isfinite(loss) for *_, loss in recorded)
     assert set(result["last_losses"]) == {"round1/step1", "round1/step2", "round2/step1", "round2/step2"}
+    # phase timing: every phase of both rounds, positive, and the total is their sum
+    seconds = result["seconds"]
+    phases = [f"round{r}/{p}" for r in (1, 2) for p in ("step1", "pseudo", "step2")]
+    assert sorted(seconds) == sorted(phases + ["total"])
+    assert all(seconds[k] > 0 for k in phases)
+    assert seconds["total"] == pytest.approx(sum(seconds[k] for k in phases))
     # pseudo labels: one palette PNG per training id, image-sized, background / present classes / ignore only
     from sgwsss.data import VOCSegmentation
 
@@ -392,3 +398,19 @@ def test_pseudo_labels_resumable_and_predict(uninterrupted, tmp_path):
     probs = predict_probs(model, item["image"][None], flip=True)
     torch.testing.assert_close(probs.sum(1), torch.ones(probs.shape[0], *probs.shape[2:]))
     np.testing.assert_array_equal(mask_from_probs(item["image"], probs[0]), ref)
+
+
+def test_phase_seconds_sums_each_phase(tmp_path):
+    from sgwsss.train import phase_seconds
+
+    assert phase_seconds(tmp_path / "missing.jsonl") == {}
+    lines = [
+        {"phase": "step1", "round": 1, "iteration": 10, "loss": 1.0, "seconds": 2.5},
+        {"phase": "step1", "round": 1, "iteration": 20, "loss": 0.9, "seconds": 1.5},
+        {"phase": "pseudo", "round": 1, "iteration": 0, "seconds": 7.0},
+        {"phase": "step2", "round": 1, "iteration": 10, "loss": 0.5},  # written before the field existed
+        {"phase": "step2", "round": 1, "iteration": 20, "loss": 0.4, "seconds": 3.0},
+    ]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(rec) + "\n" for rec in lines) + "not json\n")
+    assert phase_seconds(path) == {"round1/step1": 4.0, "round1/pseudo": 7.0, "round1/step2": 3.0, "total": 14.0}

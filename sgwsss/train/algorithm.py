@@ -38,7 +38,7 @@ from sgwsss.train.config import TrainConfig, as_config
 from sgwsss.train.loop import MetricsWriter, Runtime, init_distributed, train_step1, train_step2
 from sgwsss.train.pseudo import generate_pseudo_labels
 
-__all__ = ["train", "load_checkpoint", "RESUME_FREE_FIELDS"]
+__all__ = ["train", "load_checkpoint", "phase_seconds", "RESUME_FREE_FIELDS"]
 
 # Fields that may change between a run and its resumption (they do not change the result).
 RESUME_FREE_FIELDS = frozenset({"num_workers", "log_interval", "checkpoint_interval"})
@@ -103,6 +103,7 @@ def _summary(work_dir: Path, cfg: TrainConfig, resumed_from) -> Dict[str, Any]:
             rec = json.loads(line)
             if rec.get("phase") in ("step1", "step2"):
                 last_losses[f"round{rec['round']}/{rec['phase']}"] = rec["loss"]
+    seconds = phase_seconds(metrics)
     return {
         "work_dir": str(work_dir),
         "final_checkpoint": str(work_dir / "final.pt"),
@@ -110,8 +111,34 @@ def _summary(work_dir: Path, cfg: TrainConfig, resumed_from) -> Dict[str, Any]:
         "config": cfg.to_dict(),
         "pseudo_dirs": [str(work_dir / f"round{r}" / "pseudo") for r in range(1, cfg.rounds + 1)],
         "last_losses": last_losses,
+        "seconds": seconds,
         "resumed_from": resumed_from,
     }
+
+
+def phase_seconds(metrics: Union[str, os.PathLike]) -> Dict[str, float]:
+    """Wall-clock seconds per phase of a run, from its ``metrics.jsonl``.
+
+    Returns ``{"round1/step1": s, "round1/pseudo": s, "round1/step2": s, ..., "total": s}``:
+    the sum of the ``seconds`` of every step line (each covers one log interval) and the
+    pseudo-label line of each round. Lines without ``seconds`` (logs written before the
+    field existed) count as 0; a missing file gives ``{}``. A resumed run counts the time
+    of every process that contributed to the kept lines, not the time lost to the kill.
+    """
+    path = Path(metrics)
+    if not path.exists():
+        return {}
+    out: Dict[str, float] = {}
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+            key = f"round{rec['round']}/{rec['phase']}"
+        except (ValueError, KeyError, TypeError):
+            continue
+        out[key] = out.get(key, 0.0) + float(rec.get("seconds", 0.0))
+    if out:
+        out["total"] = sum(out.values())
+    return out
 
 
 def _split_ids(root, cfg: TrainConfig) -> List[str]:

@@ -12,7 +12,11 @@
 ``cpu``
     A laptop-sized run with EfficientNet-Lite0 (one round, a few hundred
     iterations per step, stride 16, a 25x25 affinity grid), sized so that
-    ``sgwsss train`` on the VOC sample takes under 30 minutes on two cores.
+    ``sgwsss train`` on the VOC sample takes about 30 minutes on two cores. Measured
+    (two runs with bit-identical weights): 28 min 31 s on a machine where
+    ``benchmarks/train.py`` read 1288 ms per step-1 iteration, 32 min 16 s on one that
+    read 1800-1970 ms (step 1 11.6, pseudo labels 6.6, step 2 13.9 minutes); shared
+    cloud cores vary that much from day to day.
     Settings that differ from the paper, each measured on the sample (A-stage
     pseudo-label mIoU of 100 ``train`` images unless said otherwise):
 

@@ -401,7 +401,8 @@ def sgd_loop(model: torch.nn.Module, dataset, cfg: TrainConfig, *, step: int, ro
                 dt = time.perf_counter() - t0
                 writer.write({"phase": f"step{step}", "step": step, "round": round, "iteration": iteration,
                               "iters": iters, **{k: float(np.mean(v)) for k, v in window.items()},
-                              "lr": step_lr(optimizer), "images_per_s": n0 * order.global_batch_size / max(dt, 1e-9)})
+                              "lr": step_lr(optimizer), "images_per_s": n0 * order.global_batch_size / max(dt, 1e-9),
+                              "seconds": dt})
                 window, t0, n0 = {}, time.perf_counter(), 0
             if write_ckpt and (iteration % cfg.checkpoint_interval == 0 or iteration == iters):
                 ckpt = make_checkpoint(net, cfg, {"round": round, "step": step, "iteration": iteration,
