@@ -18,7 +18,7 @@ import torch
 
 from sgwsss.data import CLASSES, VOCSegmentation, resolve_root
 from sgwsss.evaluate import evaluate_folder, per_class_table
-from sgwsss.report import images_per_class, save_result
+from sgwsss.report import save_result
 from sgwsss.train import load_checkpoint, predict
 
 
@@ -52,8 +52,8 @@ def main():
             "split": args.split, "run": str(args.run), "config": cfg.to_dict(), "images": len(ds),
             "results": {k: {"miou": v["miou"], "iou": v["iou"]} for k, v in results.items()},
             "seconds": seconds,
-            "train_images_per_class": images_per_class(
-                VOCSegmentation(root, split=cfg.train_split, ids=cfg.train_ids).labels, CLASSES)})
+            "train_images_per_class": dict(zip(CLASSES[1:], VOCSegmentation(
+                root, split=cfg.train_split, ids=cfg.train_ids).class_counts().tolist()))})
         print(f"saved {path}")
 
 

@@ -21,7 +21,7 @@ import torch
 
 from sgwsss.constants import STAGES
 from sgwsss.data import CLASSES, VOCSegmentation, resolve_root
-from sgwsss.report import images_per_class, markdown_table, pct, save_result
+from sgwsss.report import markdown_table, pct, save_result
 from sgwsss.table1 import config_kwargs, stage_miou, subset_indices
 from sgwsss.train import load_checkpoint, phase_seconds
 
@@ -42,7 +42,8 @@ def main():
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, meta = load_checkpoint(args.run / "checkpoints" / "round1_step1.pt", device=device)
     cfg = meta["config"]
-    ds = VOCSegmentation(resolve_root(args.voc_root), split=args.split, with_mask=True)
+    root = resolve_root(args.voc_root)
+    ds = VOCSegmentation(root, split=args.split, with_mask=True)
     beta = cfg.beta if args.beta is None else args.beta
     kw = {**config_kwargs(cfg), "beta": beta}
     t0 = time.perf_counter()
@@ -74,8 +75,8 @@ def main():
                                "iou_crf": crf[s]["iou"]} if crf else {})} for s in stages},
             "seconds": {"plain": t1 - t0, "crf": t2 - t1},
             "run_seconds": phase_seconds(args.run / "metrics.jsonl"),
-            "train_images_per_class": images_per_class(
-                VOCSegmentation(resolve_root(args.voc_root), split=cfg.train_split, ids=cfg.train_ids).labels, CLASSES),
+            "train_images_per_class": dict(zip(CLASSES[1:], VOCSegmentation(
+                root, split=cfg.train_split, ids=cfg.train_ids).class_counts().tolist())),
         })
         print(f"saved {path}")
 

@@ -192,17 +192,6 @@ def speed_table(guided_filter: Optional[Mapping[str, Any]] = None, pseudo_labels
     return markdown_table(["measurement", "where", "sgwsss", "OpenCV", "OpenCV / sgwsss"], rows)
 
 
-def images_per_class(labels, names: Sequence[str]) -> Dict[str, int]:
-    """Training images per foreground class from an (N, 20) image-level label table
-    (``VOCSegmentation.labels``): ``{class name: count}``, ``names`` being the 21 class names."""
-    import numpy as np
-
-    counts = (np.asarray(labels) > 0.5).sum(axis=0)
-    if counts.shape != (len(names) - 1,):
-        raise ValueError(f"labels must have shape (N, {len(names) - 1}), got {np.shape(labels)}")
-    return {name: int(c) for name, c in zip(names[1:], counts)}
-
-
 def frequency_split_table(rows: Mapping[str, Mapping[str, Optional[float]]], counts: Mapping[str, int],
                           min_images: int = 15) -> str:
     """mIoU over all classes, over the classes with at least ``min_images`` training images
@@ -210,7 +199,7 @@ def frequency_split_table(rows: Mapping[str, Mapping[str, Optional[float]]], cou
 
     The same nan-mean as the headline mIoU (classes whose IoU is None, i.e. with a zero union,
     are left out), only over a subset of the classes; ``counts`` gives the training images per
-    foreground class (:func:`images_per_class`). A diagnostic for a small training set, where
+    foreground class (``VOCSegmentation.class_counts()`` by name). A diagnostic for a small training set, where
     classes seen once or twice score near 0 and pull the mean down whatever the method.
     """
     def mean(values):
