@@ -19,7 +19,7 @@ import torch
 from sgwsss.data import CLASSES, VOCSegmentation, resolve_root
 from sgwsss.evaluate import evaluate_folder, per_class_table
 from sgwsss.report import save_result
-from sgwsss.train import load_checkpoint, predict
+from sgwsss.train import load_checkpoint, predict, train_images_per_class
 
 
 def main():
@@ -52,8 +52,7 @@ def main():
             "split": args.split, "run": str(args.run), "config": cfg.to_dict(), "images": len(ds),
             "results": {k: {"miou": v["miou"], "iou": v["iou"]} for k, v in results.items()},
             "seconds": seconds,
-            "train_images_per_class": dict(zip(CLASSES[1:], VOCSegmentation(
-                root, split=cfg.train_split, ids=cfg.train_ids).class_counts().tolist()))})
+            "train_images_per_class": train_images_per_class(root, cfg)})
         print(f"saved {path}")
 
 

@@ -23,7 +23,7 @@ from sgwsss.constants import STAGES
 from sgwsss.data import CLASSES, VOCSegmentation, resolve_root
 from sgwsss.report import markdown_table, pct, save_result
 from sgwsss.table1 import config_kwargs, stage_miou, subset_indices
-from sgwsss.train import load_checkpoint, phase_seconds
+from sgwsss.train import load_checkpoint, phase_seconds, train_images_per_class
 
 
 def main():
@@ -75,8 +75,7 @@ def main():
                                "iou_crf": crf[s]["iou"]} if crf else {})} for s in stages},
             "seconds": {"plain": t1 - t0, "crf": t2 - t1},
             "run_seconds": phase_seconds(args.run / "metrics.jsonl"),
-            "train_images_per_class": dict(zip(CLASSES[1:], VOCSegmentation(
-                root, split=cfg.train_split, ids=cfg.train_ids).class_counts().tolist())),
+            "train_images_per_class": train_images_per_class(root, cfg),
         })
         print(f"saved {path}")
 

@@ -414,3 +414,27 @@ def test_phase_seconds_sums_each_phase(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps(rec) + "\n" for rec in lines) + "not json\n")
     assert phase_seconds(path) == {"round1/step1": 4.0, "round1/pseudo": 7.0, "round1/step2": 3.0, "total": 14.0}
+
+
+@needs_voc
+def test_train_images_per_class_counts_the_images_the_run_trains_on():
+    from PIL import Image
+
+    from sgwsss.data import CLASSES
+    from sgwsss.train import train_images_per_class, training_ids
+
+    cfg = smoke(max_images=6)
+    ids = training_ids(VOC_ROOT, cfg)
+    assert len(ids) == 6  # max_images applies, as in train()
+    # budget thinning: evenly over the split, at least 8 images
+    thinned = training_ids(VOC_ROOT, smoke(max_images=None).replace(budget=0.001))
+    assert len(thinned) == 8 and len(set(thinned)) == 8  # ceil(0.001 * 937) = 1, raised to 8
+    # reference: the classes present in each id's ground-truth mask
+    expected = dict.fromkeys(CLASSES[1:], 0)
+    for i in ids:
+        present = np.unique(np.asarray(Image.open(VOC_ROOT / "VOCdevkit/VOC2012/SegmentationClassAug" / f"{i}.png")))
+        for c in present:
+            if 1 <= c <= 20:
+                expected[CLASSES[c]] += 1
+    assert train_images_per_class(VOC_ROOT, cfg) == expected
+    assert sum(expected.values()) >= 6

@@ -38,7 +38,8 @@ from sgwsss.train.config import TrainConfig, as_config
 from sgwsss.train.loop import MetricsWriter, Runtime, init_distributed, train_step1, train_step2
 from sgwsss.train.pseudo import generate_pseudo_labels
 
-__all__ = ["train", "load_checkpoint", "phase_seconds", "RESUME_FREE_FIELDS"]
+__all__ = ["train", "load_checkpoint", "phase_seconds", "training_ids", "train_images_per_class",
+           "RESUME_FREE_FIELDS"]
 
 # Fields that may change between a run and its resumption (they do not change the result).
 RESUME_FREE_FIELDS = frozenset({"num_workers", "log_interval", "checkpoint_interval"})
@@ -141,7 +142,10 @@ def phase_seconds(metrics: Union[str, os.PathLike]) -> Dict[str, float]:
     return out
 
 
-def _split_ids(root, cfg: TrainConfig) -> List[str]:
+def training_ids(root, cfg: TrainConfig) -> List[str]:
+    """The ids a run of ``cfg`` trains on: the ``train_split`` list of the VOC copy at ``root``,
+    restricted to ``cfg.train_ids``, thinned evenly when ``cfg.budget < 1`` (at least 8 kept), then
+    cut to its first ``cfg.max_images``. An empty list raises ``ValueError``."""
     from sgwsss.data import VOCSegmentation
 
     ids = list(VOCSegmentation(root, split=cfg.train_split, ids=cfg.train_ids).ids)
@@ -152,6 +156,15 @@ def _split_ids(root, cfg: TrainConfig) -> List[str]:
         if keep < len(ids):
             ids = [ids[i] for i in sorted({round(k * (len(ids) - 1) / (keep - 1)) for k in range(keep)})]
     return ids[: cfg.max_images] if cfg.max_images is not None else ids
+
+
+def train_images_per_class(root, cfg: TrainConfig) -> Dict[str, int]:
+    """``{class name: number of training images that contain it}`` over :func:`training_ids`
+    (the 20 foreground classes, from ``VOCSegmentation.class_counts()``)."""
+    from sgwsss.data import CLASSES, VOCSegmentation
+
+    counts = VOCSegmentation(root, split=cfg.train_split, ids=training_ids(root, cfg)).class_counts()
+    return dict(zip(CLASSES[1:], counts.tolist()))
 
 
 def train(config: Union[TrainConfig, str, dict] = "cpu", voc_root=None, work_dir: Union[str, os.PathLike] = "runs/train",
@@ -217,7 +230,7 @@ def _train(cfg: TrainConfig, voc_root, runtime: Runtime, resume: bool) -> Dict[s
         return _summary(work_dir, cfg, progress)
 
     root = resolve_root(voc_root)
-    ids = _split_ids(root, cfg)
+    ids = training_ids(root, cfg)
     transform = TrainTransform(crop_size=cfg.crop_size, scale=cfg.scale, hflip=cfg.hflip)
 
     seed_everything(cfg.seed)
