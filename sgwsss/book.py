@@ -44,24 +44,36 @@ def work_dir(name: str = "") -> Path:
     return path
 
 
+def run_name(cfg) -> str:
+    """``"<name>-budget<b>-<hash>"``: a folder name for one training configuration.
+
+    ``cfg`` is a :class:`~sgwsss.train.TrainConfig`; the 8-hex-digit hash is of its full
+    settings (:meth:`~sgwsss.train.TrainConfig.to_dict`), so two configurations that differ
+    in any field, the ``SGWSSS_BUDGET`` scale included, get different folders. Resuming
+    (``train(..., resume=True)``) in a folder named this way therefore never meets a
+    checkpoint of another configuration, which it would refuse.
+    """
+    import hashlib
+    import json
+
+    key = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    return f"{cfg.name}-budget{cfg.budget:g}-{key}"
+
+
 def train_run(config: str = "cpu", **overrides) -> Path:
     """Train the book's model with Algorithm 1, or reuse it when already trained.
 
-    The run lives in ``work_dir("<config>-budget<b>-<hash>")``, the hash naming the full
+    The run lives in ``work_dir(run_name(cfg))`` (:func:`run_name`), the hash naming the full
     configuration, so a changed configuration trains afresh instead of reusing a stale
     run; a killed run resumes from its last checkpoint. ``SGWSSS_BUDGET`` (see :mod:`sgwsss.train.config`) is the
     one switch that shortens training under test (``make test`` sets it).
     Returns the run folder (``config.json``, ``metrics.jsonl``, ``checkpoints/``,
     ``round*/pseudo/``, ``final.pt``).
     """
-    import hashlib
-    import json
-
     from sgwsss.train import get_config, train
 
     cfg = get_config(config, **overrides)
-    key = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
-    run = work_dir(f"{cfg.name}-budget{cfg.budget:g}-{key}")
+    run = work_dir(run_name(cfg))
     if not (run / "final.pt").exists():
         train(cfg, voc_root=voc_root(), work_dir=run, resume=True)
     return run

@@ -5,6 +5,7 @@ save it; none of them computes anything the package does not already provide.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -159,15 +160,17 @@ def interactive_figure(draw, **controls):
 
 def plot_metrics(metrics_path, *, title: str = "Training losses"):
     """Loss curves from a run's ``metrics.jsonl`` (one panel per step of Algorithm 1)."""
-    import json
+    from sgwsss.train import read_metrics
 
     plt = _plt()
-    rows = [json.loads(line) for line in open(metrics_path) if line.strip()]
-    rows = [r for r in rows if "loss" in r and r.get("phase", "train") != "pseudo"]
-    steps = sorted({(r.get("round", 1), r.get("step", 1)) for r in rows})
+    if not Path(metrics_path).exists():
+        raise FileNotFoundError(f"no metrics log at {metrics_path}: train with this work_dir first")
+    rows = [dict(r, step=int(r["phase"][-1])) for r in read_metrics(metrics_path)  # phase "step1" / "step2"
+            if "loss" in r and r["phase"] != "pseudo"]
+    steps = sorted({(r["round"], r["step"]) for r in rows})
     fig, axes = plt.subplots(1, max(len(steps), 1), figsize=(5 * max(len(steps), 1), 3.2), squeeze=False)
     for ax, (rnd, step) in zip(axes.flat, steps):
-        sel = [r for r in rows if (r.get("round", 1), r.get("step", 1)) == (rnd, step)]
+        sel = [r for r in rows if (r["round"], r["step"]) == (rnd, step)]
         its = [r["iteration"] for r in sel]
         ax.plot(its, [r["loss"] for r in sel], label="total")
         for key in ("cls", "aff", "seg"):

@@ -1,6 +1,7 @@
 """Algorithm 1 trainer: configs, poly LR, data order, atomic checkpoints, resume == uninterrupted, DDP, PNGs."""
 import json
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -401,7 +402,7 @@ def test_pseudo_labels_resumable_and_predict(uninterrupted, tmp_path):
 
 
 def test_phase_seconds_sums_each_phase(tmp_path):
-    from sgwsss.train import phase_seconds
+    from sgwsss.train import phase_seconds, read_metrics
 
     assert phase_seconds(tmp_path / "missing.jsonl") == {}
     lines = [
@@ -412,8 +413,13 @@ def test_phase_seconds_sums_each_phase(tmp_path):
         {"phase": "step2", "round": 1, "iteration": 20, "loss": 0.4, "seconds": 3.0},
     ]
     path = tmp_path / "metrics.jsonl"
-    path.write_text("".join(json.dumps(rec) + "\n" for rec in lines) + "not json\n")
+    junk = ["not json", "[1, 2]", json.dumps({"phase": "eval", "round": 1, "seconds": 9.0}),
+            json.dumps({"phase": "step2", "round": "1", "seconds": 9.0}), '{"phase": "step2", "round": 1, "ite']
+    path.write_text("".join(json.dumps(rec) + "\n" for rec in lines[:3]) + junk[0] + "\n" + junk[1] + "\n"
+                    + "".join(json.dumps(rec) + "\n" for rec in lines[3:]) + "\n".join(junk[2:]))  # cut mid-line
     assert phase_seconds(path) == {"round1/step1": 4.0, "round1/pseudo": 7.0, "round1/step2": 3.0, "total": 14.0}
+    assert read_metrics(path) == lines  # every reader skips the same malformed lines
+    assert read_metrics(tmp_path / "missing.jsonl") == []
 
 
 @needs_voc
@@ -438,3 +444,17 @@ def test_train_images_per_class_counts_the_images_the_run_trains_on():
                 expected[CLASSES[c]] += 1
     assert train_images_per_class(VOC_ROOT, cfg) == expected
     assert sum(expected.values()) >= 6
+
+
+def test_run_name_gives_each_configuration_its_own_folder():
+    """The book's run folders (chapter 8, ``book.train_run``): one per full configuration, so
+    resuming in one never meets another configuration's checkpoint (which it refuses)."""
+    from sgwsss.book import run_name
+
+    base = run_name(get_config("smoke", budget=1.0))
+    assert re.fullmatch(r"smoke-budget1-[0-9a-f]{8}", base)
+    assert run_name(get_config("smoke", budget=1.0)) == base  # stable: a rerun resumes there
+    shorter = run_name(get_config("smoke", budget=0.3))
+    assert re.fullmatch(r"smoke-budget0\.3-[0-9a-f]{8}", shorter)
+    reseeded = run_name(get_config("smoke", budget=1.0, seed=1))
+    assert reseeded.startswith("smoke-budget1-") and len({base, shorter, reseeded}) == 3

@@ -50,3 +50,26 @@ def test_refinement_panels_are_the_binarised_map_and_the_refinement(threshold):
     want = self_guided_refine(image, maps, iterations=2, radius=4, eps=1e-3, labels=labels, threshold=threshold)[0, 7]
     np.testing.assert_allclose(_panel_data(fig.axes[3]), want.numpy(), atol=1e-6)
     assert fig.axes[1].get_title() == "A (cat)"
+
+
+def test_plot_metrics_draws_each_step_and_survives_a_cut_log(tmp_path):
+    """One panel per (round, step) with that step's losses; a last line cut by a kill is skipped."""
+    import json
+
+    recs = [{"phase": "step1", "step": 1, "round": 1, "iteration": i, "loss": 1.0 / i, "cls": 0.5 / i, "aff": 0.5 / i}
+            for i in (10, 20, 30)]
+    recs.append({"phase": "pseudo", "round": 1, "iteration": 0, "seconds": 3.0})
+    recs += [{"phase": "step2", "step": 2, "round": 1, "iteration": i, "loss": 2.0 / i, "seg": 2.0 / i} for i in (10, 20)]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs) + '{"phase": "step2", "round": 1, "iter')
+    fig = viz.plot_metrics(path)
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == ["round 1, step 1: L_cls + λ L_aff", "round 1, step 2: L_seg"]
+    lines1 = {ln.get_label(): ln for ln in axes[0].get_lines()}
+    assert sorted(lines1) == ["aff", "cls", "total"]
+    np.testing.assert_allclose(lines1["total"].get_xydata(), [[10, 0.1], [20, 0.05], [30, 1 / 30]])
+    lines2 = {ln.get_label(): ln for ln in axes[1].get_lines()}
+    assert sorted(lines2) == ["seg", "total"]
+    np.testing.assert_allclose(lines2["seg"].get_xydata(), [[10, 0.2], [20, 0.1]])
+    with pytest.raises(FileNotFoundError, match="no metrics log"):
+        viz.plot_metrics(tmp_path / "missing.jsonl")

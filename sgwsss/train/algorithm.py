@@ -27,7 +27,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -68,20 +68,41 @@ def _check_resumable(stored: Dict[str, Any], cfg: TrainConfig, path: Path) -> No
                          f"use the stored work_dir/config.json or another work_dir")
 
 
+def _metrics_records(path: Path) -> Iterator[Tuple[str, Dict[str, Any]]]:
+    """``(line, record)`` for each well-formed line of a ``metrics.jsonl``, in order.
+
+    Well-formed: a JSON object with a known ``phase`` and an integer ``round``. Anything
+    else (a line cut short by a kill mid-write, a hand edit) is skipped, by every reader
+    alike. A missing file yields nothing.
+    """
+    if not path.exists():
+        return
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+            ok = isinstance(rec, dict) and rec.get("phase") in _PHASE_ORDER and isinstance(rec.get("round"), int)
+        except ValueError:
+            continue
+        if ok:
+            yield line, rec
+
+
+def read_metrics(path: Union[str, os.PathLike]) -> List[Dict[str, Any]]:
+    """The well-formed records of a run's ``metrics.jsonl``, in order (see :func:`_metrics_records`).
+
+    A line cut short by a kill mid-write is skipped rather than raised on, so the log of a
+    killed run can be read (and plotted) before it is resumed; a missing file gives ``[]``.
+    """
+    return [rec for _, rec in _metrics_records(Path(path))]
+
+
 def _truncate_metrics(path: Path, progress: Dict[str, int]) -> None:
     """Drop metrics lines written after the checkpoint we resume from (the killed run's tail)."""
     if not path.exists():
         return
     limit = _position_key(progress)
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-            key = (rec["round"], _PHASE_ORDER[rec["phase"]], rec.get("iteration", 0))
-        except (ValueError, KeyError, TypeError):
-            continue
-        if key <= limit:
-            keep.append(line)
+    keep = [line for line, rec in _metrics_records(path)
+            if (rec["round"], _PHASE_ORDER[rec["phase"]], rec.get("iteration", 0)) <= limit]
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text("".join(line + "\n" for line in keep))
     os.replace(tmp, path)
@@ -99,11 +120,9 @@ def _rng_preserved():
 def _summary(work_dir: Path, cfg: TrainConfig, resumed_from) -> Dict[str, Any]:
     last_losses: Dict[str, float] = {}
     metrics = work_dir / "metrics.jsonl"
-    if metrics.exists():
-        for line in metrics.read_text().splitlines():
-            rec = json.loads(line)
-            if rec.get("phase") in ("step1", "step2"):
-                last_losses[f"round{rec['round']}/{rec['phase']}"] = rec["loss"]
+    for _, rec in _metrics_records(metrics):
+        if rec["phase"] in ("step1", "step2") and "loss" in rec:
+            last_losses[f"round{rec['round']}/{rec['phase']}"] = rec["loss"]
     seconds = phase_seconds(metrics)
     return {
         "work_dir": str(work_dir),
@@ -123,19 +142,12 @@ def phase_seconds(metrics: Union[str, os.PathLike]) -> Dict[str, float]:
     Returns ``{"round1/step1": s, "round1/pseudo": s, "round1/step2": s, ..., "total": s}``:
     the sum of the ``seconds`` of every step line (each covers one log interval) and the
     pseudo-label line of each round. Lines without ``seconds`` (logs written before the
-    field existed) count as 0; a missing file gives ``{}``. A resumed run counts the time
+    field existed) count as 0; malformed lines are skipped; a missing file gives ``{}``. A resumed run counts the time
     of every process that contributed to the kept lines, not the time lost to the kill.
     """
-    path = Path(metrics)
-    if not path.exists():
-        return {}
     out: Dict[str, float] = {}
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-            key = f"round{rec['round']}/{rec['phase']}"
-        except (ValueError, KeyError, TypeError):
-            continue
+    for _, rec in _metrics_records(Path(metrics)):
+        key = f"round{rec['round']}/{rec['phase']}"
         out[key] = out.get(key, 0.0) + float(rec.get("seconds", 0.0))
     if out:
         out["total"] = sum(out.values())
