@@ -172,10 +172,11 @@ def plot_metrics(metrics_path, *, title: str = "Training losses"):
     for ax, (rnd, step) in zip(axes.flat, steps):
         sel = [r for r in rows if (r["round"], r["step"]) == (rnd, step)]
         its = [r["iteration"] for r in sel]
-        ax.plot(its, [r["loss"] for r in sel], label="total")
+        marker = "o" if len(its) <= 10 else None  # a curve of one or a few points is otherwise invisible
+        ax.plot(its, [r["loss"] for r in sel], label="total", marker=marker)
         for key in ("cls", "aff", "seg"):
             if any(key in r for r in sel):
-                ax.plot(its, [r.get(key, np.nan) for r in sel], label=key, alpha=0.8)
+                ax.plot(its, [r.get(key, np.nan) for r in sel], label=key, alpha=0.8, marker=marker)
         name = {1: "step 1: L_cls + λ L_aff", 2: "step 2: L_seg"}.get(step, f"step {step}")
         ax.set_title(f"round {rnd}, {name}")
         ax.set_xlabel("iteration")

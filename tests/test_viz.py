@@ -71,5 +71,6 @@ def test_plot_metrics_draws_each_step_and_survives_a_cut_log(tmp_path):
     lines2 = {ln.get_label(): ln for ln in axes[1].get_lines()}
     assert sorted(lines2) == ["seg", "total"]
     np.testing.assert_allclose(lines2["seg"].get_xydata(), [[10, 0.2], [20, 0.1]])
+    assert lines1["total"].get_marker() == "o"  # three points: drawn with markers, or one point would not show
     with pytest.raises(FileNotFoundError, match="no metrics log"):
         viz.plot_metrics(tmp_path / "missing.jsonl")
