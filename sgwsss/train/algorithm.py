@@ -38,7 +38,7 @@ from sgwsss.train.config import TrainConfig, as_config
 from sgwsss.train.loop import MetricsWriter, Runtime, init_distributed, train_step1, train_step2
 from sgwsss.train.pseudo import generate_pseudo_labels
 
-__all__ = ["train", "load_checkpoint", "phase_seconds", "training_ids", "train_images_per_class",
+__all__ = ["train", "load_checkpoint", "phase_seconds", "read_metrics", "training_ids", "train_images_per_class",
            "RESUME_FREE_FIELDS"]
 
 # Fields that may change between a run and its resumption (they do not change the result).
@@ -142,8 +142,9 @@ def phase_seconds(metrics: Union[str, os.PathLike]) -> Dict[str, float]:
     Returns ``{"round1/step1": s, "round1/pseudo": s, "round1/step2": s, ..., "total": s}``:
     the sum of the ``seconds`` of every step line (each covers one log interval) and the
     pseudo-label line of each round. Lines without ``seconds`` (logs written before the
-    field existed) count as 0; malformed lines are skipped; a missing file gives ``{}``. A resumed run counts the time
-    of every process that contributed to the kept lines, not the time lost to the kill.
+    field existed) count as 0; malformed lines are skipped (:func:`read_metrics`); a missing
+    file gives ``{}``. A resumed run counts the time of every process that contributed to
+    the kept lines, not the time lost to the kill.
     """
     out: Dict[str, float] = {}
     for _, rec in _metrics_records(Path(metrics)):
