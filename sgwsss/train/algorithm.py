@@ -35,7 +35,7 @@ import torch.distributed as dist
 from sgwsss.train.checkpoint import (atomic_save, capture_rng_state, load_checkpoint, make_checkpoint, network_for,
                                      read_checkpoint, restore_rng_state, seed_everything)
 from sgwsss.train.config import TrainConfig, as_config
-from sgwsss.train.loop import MetricsWriter, Runtime, init_distributed, train_step1, train_step2
+from sgwsss.train.loop import METRICS_FILE, MetricsWriter, Runtime, init_distributed, train_step1, train_step2
 from sgwsss.train.pseudo import generate_pseudo_labels
 
 __all__ = ["train", "load_checkpoint", "phase_seconds", "read_metrics", "training_ids", "train_images_per_class",
@@ -119,7 +119,7 @@ def _rng_preserved():
 
 def _summary(work_dir: Path, cfg: TrainConfig, resumed_from) -> Dict[str, Any]:
     last_losses: Dict[str, float] = {}
-    metrics = work_dir / "metrics.jsonl"
+    metrics = work_dir / METRICS_FILE
     for _, rec in _metrics_records(metrics):
         if rec["phase"] in ("step1", "step2") and "loss" in rec:
             last_losses[f"round{rec['round']}/{rec['phase']}"] = rec["loss"]
@@ -234,9 +234,9 @@ def _train(cfg: TrainConfig, voc_root, runtime: Runtime, resume: bool) -> Dict[s
         tmp.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         os.replace(tmp, work_dir / "config.json")
         if progress is None:
-            (work_dir / "metrics.jsonl").unlink(missing_ok=True)
+            (work_dir / METRICS_FILE).unlink(missing_ok=True)
         else:
-            _truncate_metrics(work_dir / "metrics.jsonl", progress)
+            _truncate_metrics(work_dir / METRICS_FILE, progress)
     runtime.barrier()
 
     if ckpt is not None and final.exists() and _step_done(progress, cfg.rounds, 2):

@@ -39,7 +39,9 @@ from sgwsss.train.checkpoint import atomic_save, make_checkpoint, unwrap
 from sgwsss.train.config import TrainConfig
 
 __all__ = ["poly_lr", "DataOrder", "Runtime", "init_distributed", "set_train_mode", "sgd_loop",
-           "train_step1", "train_step2", "MetricsWriter"]
+           "train_step1", "train_step2", "MetricsWriter", "METRICS_FILE"]
+
+METRICS_FILE = "metrics.jsonl"  # a run's loss log, one JSON record a line, in its work_dir
 
 
 # --------------------------------------------------------------------------- learning rate
@@ -216,7 +218,7 @@ class Runtime:
 
     @property
     def metrics_path(self) -> Optional[Path]:
-        return None if self.work_dir is None else Path(self.work_dir) / "metrics.jsonl"
+        return None if self.work_dir is None else Path(self.work_dir) / METRICS_FILE
 
     def barrier(self) -> None:
         if self.distributed:
