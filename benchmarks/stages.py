@@ -24,6 +24,7 @@ from sgwsss.data import CLASSES, VOCSegmentation, resolve_root
 from sgwsss.report import markdown_table, pct, save_result
 from sgwsss.table1 import config_kwargs, stage_miou, subset_indices
 from sgwsss.train import load_checkpoint, phase_seconds, train_images_per_class
+from sgwsss.train.loop import METRICS_FILE
 
 
 def main():
@@ -74,7 +75,7 @@ def main():
                            **({"miou_subset": plain_sub[s]["miou"], "miou_crf": crf[s]["miou"],
                                "iou_crf": crf[s]["iou"]} if crf else {})} for s in stages},
             "seconds": {"plain": t1 - t0, "crf": t2 - t1},
-            "run_seconds": phase_seconds(args.run / "metrics.jsonl"),
+            "run_seconds": phase_seconds(args.run / METRICS_FILE),
             "train_images_per_class": train_images_per_class(root, cfg),
         })
         print(f"saved {path}")
