@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu", help="device of the sgwsss side (cpu or cuda)")
     ap.add_argument("--no-accuracy", action="store_true", help="skip the float64 reference comparison")
     ap.add_argument("--save", default=None, metavar="NAME",
-                    help="result name under sgwsss/results/ (default: guided_filter, or guided_filter_cuda)")
+                    help="result name under sgwsss/book/results/ (default: guided_filter, or guided_filter_cuda)")
     ap.add_argument("--no-save", action="store_true", help="print only; do not write the JSON")
     args = ap.parse_args(argv)
 
@@ -196,7 +196,7 @@ def main(argv=None) -> int:
             f"OpenCV {max(err_cv):.2e} (median {statistics.median(err_cv):.1e})"
         )
     if not args.no_save:
-        from sgwsss.report import save_result
+        from sgwsss.book.report import save_result
 
         name = args.save or ("guided_filter" if device.type == "cpu" else f"guided_filter_{device.type}")
         path = save_result(name, {

@@ -6,17 +6,17 @@ For each growth ``g`` (pixels; negative shrinks) the ground-truth masks of the
 ``train`` images are grown, then blurred like stride-16 localization maps, and
 the pseudo labels (Eq. 11) of these maps and of their self-guided refinement
 (Otsu + guided filter, radius 17, eps 1e-6, each iteration count) are scored
-(:func:`sgwsss.table1.oracle_refinement`). No network is involved, so the rows
+(:func:`sgwsss.evaluate.oracle_refinement`). No network is involved, so the rows
 isolate what the refinement does to maps that are too small, right but blurred,
-or too large. Prints a table and saves ``sgwsss/results/oracle_refinement.json``.
+or too large. Prints a table and saves ``sgwsss/book/results/oracle_refinement.json``.
 Exits 0.
 """
 import argparse
 import time
 
 from sgwsss.data import VOCSegmentation, resolve_root
-from sgwsss.report import oracle_table, save_result
-from sgwsss.table1 import oracle_refinement, subset_indices
+from sgwsss.book.report import oracle_table, save_result
+from sgwsss.evaluate import oracle_refinement, subset_indices
 
 
 def main():

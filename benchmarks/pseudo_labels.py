@@ -24,7 +24,7 @@ from sgwsss.refine.pseudo_label import pseudo_label
 from sgwsss.refine.random_walk import random_walk
 from sgwsss.refine.self_guided import self_guided_refine
 from sgwsss.refine.stages import normalize_maps
-from sgwsss.table1 import subset_indices
+from sgwsss.evaluate import subset_indices
 
 
 def sync(device):
@@ -41,7 +41,7 @@ def main():
     ap.add_argument("--grid", type=int, default=None)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--no-save", action="store_true", help="print only; do not write sgwsss/results/pseudo_labels*.json")
+    ap.add_argument("--no-save", action="store_true", help="print only; do not write sgwsss/book/results/pseudo_labels*.json")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -90,7 +90,7 @@ def main():
     refine = total - fwd
     print(f"refinement / forward = {refine / fwd:.2f} (goal <= 0.5): {'met' if refine <= 0.5 * fwd else 'not met'}")
     if not args.no_save:
-        from sgwsss.report import save_result
+        from sgwsss.book.report import save_result
 
         name = "pseudo_labels" if device.type == "cpu" else f"pseudo_labels_{device.type}"
         path = save_result(name, {

@@ -8,7 +8,7 @@ predicts every image of the split with the run's test-time augmentation
 ``RUN_DIR/pred_<split>`` and ``RUN_DIR/pred_<split>_crf``; the masks are scored as
 ``sgwsss evaluate`` does (mIoU: nan-mean over classes with a non-zero union).
 Prints the per-class table (as the paper's Table 2) and saves
-``sgwsss/results/segmentation.json``. Exits 0.
+``sgwsss/book/results/segmentation.json``. Exits 0.
 """
 import argparse
 import time
@@ -18,7 +18,7 @@ import torch
 
 from sgwsss.data import CLASSES, VOCSegmentation, resolve_root
 from sgwsss.evaluate import evaluate_folder, per_class_table
-from sgwsss.report import save_result
+from sgwsss.book.report import save_result
 from sgwsss.train import load_checkpoint, predict, train_images_per_class
 
 

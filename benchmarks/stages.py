@@ -10,7 +10,7 @@ G, G-iter15-w/o-aff, G-iter15) the pseudo labels (Eq. 11) of the ``train`` image
 are scored against the ground truth (mIoU as the nan-mean over classes with a
 non-zero union); with CRF on the first ``--crf-images`` of them (spread evenly;
 the CRF costs 1-5 s per image and stage on two cores). Prints a table and saves
-``sgwsss/results/stages.json``, with the run's time per training phase
+``sgwsss/book/results/stages.json``, with the run's time per training phase
 (``run_seconds``, from its ``metrics.jsonl``). Exits 0.
 """
 import argparse
@@ -21,8 +21,8 @@ import torch
 
 from sgwsss.constants import STAGES
 from sgwsss.data import CLASSES, VOCSegmentation, resolve_root
-from sgwsss.report import markdown_table, pct, save_result
-from sgwsss.table1 import config_kwargs, stage_miou, subset_indices
+from sgwsss.book.report import markdown_table, pct, save_result
+from sgwsss.evaluate import config_kwargs, stage_miou, subset_indices
 from sgwsss.train import load_checkpoint, phase_seconds, train_images_per_class
 from sgwsss.train.loop import METRICS_FILE
 
@@ -36,7 +36,7 @@ def main():
     ap.add_argument("--crf-images", type=int, default=100, help="images scored with CRF (0: none)")
     ap.add_argument("--stages", default=",".join(STAGES))
     ap.add_argument("--beta", type=float, default=None, help="random-walk beta (default: the run's)")
-    ap.add_argument("--save", default="stages", metavar="NAME", help="result name under sgwsss/results/")
+    ap.add_argument("--save", default="stages", metavar="NAME", help="result name under sgwsss/book/results/")
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args()
     stages = args.stages.split(",")

@@ -8,8 +8,8 @@ the step-1 network every stage starts from). For each stage: (1) pseudo labels
 for the training split; (2) step 2 (L_seg, Eq. 12) from the step-1 network on
 them; (3) the segmentation network's mIoU on ``val`` without and with dense CRF.
 The pseudo labels' own mIoU on ``train`` comes from ``benchmarks/stages.py``
-(``sgwsss/results/stages.json``) when it was run on the same RUN_DIR. Saves
-``sgwsss/results/table1.json`` (the results chapter reads it) and writes the
+(``sgwsss/book/results/stages.json``) when it was run on the same RUN_DIR. Saves
+``sgwsss/book/results/table1.json`` (the results chapter reads it) and writes the
 pseudo labels, predictions and ``table1.md`` under ``--out``. Exits 0.
 """
 import argparse
@@ -23,8 +23,9 @@ import torch
 from sgwsss.data import CLASSES, TrainTransform, VOCSegmentation, resolve_root
 from sgwsss.evaluate import per_class_table
 from sgwsss.refine.stages import STAGES
-from sgwsss.report import load_result, save_result
-from sgwsss.table1 import PAPER_TABLE1, subset_indices
+from sgwsss.book.report import load_result, save_result
+from sgwsss.evaluate import subset_indices
+from sgwsss.paper import PAPER_TABLE1
 from sgwsss.train import generate_pseudo_labels, load_checkpoint, predict
 from sgwsss.train.loop import Runtime, train_step2
 
@@ -45,7 +46,7 @@ def main():
     ap.add_argument("--val-images", type=int, default=None)
     ap.add_argument("--step2-iters", type=int, default=None, help="default: the run's configuration")
     ap.add_argument("--crf", action="store_true", help="also score val predictions with dense CRF")
-    ap.add_argument("--no-save", action="store_true", help="do not write sgwsss/results/table1.json")
+    ap.add_argument("--no-save", action="store_true", help="do not write sgwsss/book/results/table1.json")
     args = ap.parse_args()
     stages = args.stages.split(",")
     root = resolve_root(args.voc_root)

@@ -24,7 +24,7 @@ def main():
     ap.add_argument("--voc-root", default=None)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--no-save", action="store_true", help="print only; do not write sgwsss/results/train_*.json")
+    ap.add_argument("--no-save", action="store_true", help="print only; do not write sgwsss/book/results/train_*.json")
     args = ap.parse_args()
     device = torch.device(args.device)
     if args.config == "paper" and device.type != "cuda":
@@ -77,7 +77,7 @@ def main():
                                              resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20,
                                 "peak_kind": "GPU max_memory_allocated" if device.type == "cuda" else "process peak RSS"}
     if not args.no_save:
-        from sgwsss.report import save_result
+        from sgwsss.book.report import save_result
 
         path = save_result(f"train_{cfg.name}" + ("" if device.type == "cpu" else f"_{device.type}"), {
             "config": cfg.name, "backbone": cfg.backbone, "crop": cfg.crop_size, "grid": cfg.grid,

@@ -8,8 +8,12 @@ The package follows the paper's pipeline:
 * :mod:`sgwsss.losses` -- Eqs. 1, 4, 12, 13.
 * :mod:`sgwsss.refine` -- affinity (Eqs. 2-3, 5), Otsu, guided filter
   (Eqs. 6-10), self-guided refinement, pseudo labels (Eq. 11), Table 1 stages.
-* :mod:`sgwsss.crf`, :mod:`sgwsss.evaluate` -- dense CRF and mIoU.
+* :mod:`sgwsss.crf`, :mod:`sgwsss.evaluate` -- dense CRF; mIoU and the quality of each
+  Table 1 stage's pseudo labels.
 * :mod:`sgwsss.train` -- Algorithm 1 (alternating training).
+* :mod:`sgwsss.paper` -- the paper's reported numbers (Tables 1-3).
+* :mod:`sgwsss.book` -- book-only helpers (figures, results tables, the chapters' explorer);
+  the modules above never import it.
 """
 
 __version__ = "0.1.0"

@@ -1,11 +1,11 @@
-"""Results files (sgwsss.report): atomic save/load, tables, and the claim checks of the results chapter."""
+"""Results files (sgwsss.book.report): atomic save/load, tables, and the claim checks of the results chapter."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from sgwsss import report
+from sgwsss.book import report
 from sgwsss.constants import STAGES
 
 

@@ -173,7 +173,7 @@ def test_refinement_snaps_coarse_maps_to_the_objects(voc_root):
 
 
 def test_oracle_refinement_on_degraded_masks(voc_small_dataset):
-    from sgwsss.table1 import oracle_refinement
+    from sgwsss.evaluate import oracle_refinement
 
     # undegraded masks (stride 1, no growth) are the ground truth itself: Eq. 11 gives it back
     exact = oracle_refinement(voc_small_dataset, stride=1, iterations=(), progress=False)

@@ -1,4 +1,4 @@
-"""Book figures (sgwsss.viz) that draw operator outputs: the panels must show exactly those outputs."""
+"""Book figures (sgwsss.book.viz) that draw operator outputs: the panels must show exactly those outputs."""
 from __future__ import annotations
 
 import matplotlib
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from sgwsss import viz
+from sgwsss.book import viz
 from sgwsss.refine.otsu import otsu_threshold
 from sgwsss.refine.self_guided import self_guided_refine
 

@@ -1,7 +1,7 @@
 """Measured results: the JSON files the benchmarks write and the results chapter reads.
 
 Each script under ``benchmarks/`` saves what it printed with :func:`save_result`
-as ``sgwsss/results/<name>.json`` (shipped with the package, so the results chapter
+as ``sgwsss/book/results/<name>.json`` (shipped with the package, so the results chapter
 also works from a ``pip install`` in Colab). The chapter only formats these files:
 no number in it is typed by hand.
 

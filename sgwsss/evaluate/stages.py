@@ -1,11 +1,12 @@
-"""The paper's Table 1 protocol: pseudo-label quality of each refinement stage.
+"""Pseudo-label quality of each Table 1 stage, and the refinement on degraded ground truth.
 
 :func:`stage_miou` runs the step-1 network once per image and scores the pseudo
 labels (Eq. 11) of every requested stage against the ground truth, with and
 without dense CRF; :func:`config_kwargs` takes its settings from a run's
-configuration. :func:`oracle_refinement` applies the self-guided refinement to
-degraded ground-truth masks, to see when iterating it pays. :data:`PAPER_TABLE1` holds the paper's numbers where they have
-been transcribed (``None`` where not).
+configuration. (The paper's Table 1 itself scores segmentation networks trained on
+each stage's labels, on val: ``benchmarks/table1.py``; its numbers are in
+:mod:`sgwsss.paper`.) :func:`oracle_refinement` applies the self-guided refinement to
+degraded ground-truth masks, to see when iterating it pays.
 """
 from __future__ import annotations
 
@@ -15,11 +16,7 @@ from typing import Dict, Iterable, Sequence
 import numpy as np
 import torch
 
-from sgwsss.refine.stages import STAGES
-
-#: mIoU (%) reported in Table 1 of Ke & Hsu for each stage (segmentation network on VOC val).
-#: ``None``: not transcribed into this package yet -- fill in from the paper; never guessed.
-PAPER_TABLE1: Dict[str, float | None] = {stage: None for stage in STAGES}
+from sgwsss.constants import STAGES
 
 
 def subset_indices(n_total: int, n: int | None) -> np.ndarray:
@@ -55,10 +52,9 @@ def stage_miou(model, dataset, stages: Sequence[str] = STAGES, *, grid: int = 50
 
     from sgwsss.crf import crf_labels, labels_to_probs
     from sgwsss.data import CLASSES
-    from sgwsss.evaluate import ConfusionMeter
+    from sgwsss.evaluate.metrics import ConfusionMeter
     from sgwsss.refine.affinity import affinity_matrix, transition_matrix
     from sgwsss.refine.stages import stage_pseudo_labels
-    from sgwsss.viz import to_hwc_uint8
 
     for s in stages:
         if s not in STAGES:
@@ -89,7 +85,7 @@ def stage_miou(model, dataset, stages: Sequence[str] = STAGES, *, grid: int = 50
                     t0 = time.perf_counter()
                     allowed = [0] + [c + 1 for c in np.flatnonzero(item["label"].numpy() > 0.5)]
                     probs = labels_to_probs(pl, len(CLASSES), classes=allowed)
-                    refined = crf_labels(to_hwc_uint8(item["image"]), probs)
+                    refined = crf_labels(item["image"].numpy(), probs)
                     seconds[s + "+CRF"] += time.perf_counter() - t0
                     meters[s + "+CRF"].update(refined, gt)
     n = max(len(indices), 1)
@@ -112,7 +108,7 @@ def oracle_refinement(dataset, indices: Iterable[int] | None = None, *, stride: 
     from tqdm.auto import tqdm
 
     from sgwsss.data import CLASSES
-    from sgwsss.evaluate import ConfusionMeter
+    from sgwsss.evaluate.metrics import ConfusionMeter
     from sgwsss.refine.pseudo_label import pseudo_label
     from sgwsss.refine.self_guided import self_guided_refine
 
