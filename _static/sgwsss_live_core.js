@@ -1,0 +1,752 @@
+// sgwsss live refinement: the numerical core (no DOM). Plain ES module, served with the book.
+//
+// Each function mirrors one Python operator of the package, step for step, so that the
+// browser reproduces what the book computes (the Python code is the reference):
+//
+//   otsuThreshold      sgwsss.refine.otsu.otsu_threshold        (numpy/skimage bins, float32)
+//   normalizeMap       sgwsss.refine.stages.normalize_maps      (per-class min-max, float32)
+//   interpolate        torch.nn.functional.interpolate(bilinear, align_corners=False), float32
+//   resizeToGrid       sgwsss.refine.affinity.resize_to_grid
+//   affinityMatrix     sgwsss.refine.affinity.affinity_matrix   (Eq. 2)
+//   transitionMatrix   sgwsss.refine.affinity.transition_matrix (Eq. 3, beta as a power of W)
+//   randomWalk         sgwsss.refine.random_walk.random_walk    (Eq. 5, T^t A)
+//   guideStatistics    sgwsss.refine.guided_filter.guide_statistics (float64)
+//   GuidedFilterState  sgwsss.refine.guided_filter.GuidedFilter (Eqs. 6-8, skip_constant crops)
+//   pseudoLabel        sgwsss.refine.pseudo_label.pseudo_label  (Eq. 11)
+//
+// Numbers. Maps are float32 (Float32Array), as in the package's default CPU path; every
+// running sum is accumulated in float64 (JS numbers) and stored in float32, as the package's
+// fused kernels do (sgwsss/refine/_cpu_kernels.py), so eps = 1e-6 stays accurate. Where
+// the package rounds to float32, Math.fround rounds here.
+
+const f32 = Math.fround;
+
+// ------------------------------------------------------------------------------------ Otsu
+
+/**
+ * Otsu's threshold of a float32 map, as sgwsss.refine.otsu.otsu_threshold (= skimage's
+ * threshold_otsu): 256 equal bins over [min, max] with numpy's edges (linspace in float32)
+ * and numpy's edge-exact bin rule, bin centres as candidates, the between-class variance
+ * evaluated with float32 running sums, its first maximum. A constant map returns its value.
+ * @param {Float32Array} x  the map (any length >= 1)
+ * @returns {number} the threshold (a float32 value)
+ */
+export function otsuThreshold(x, nbins = 256) {
+  const n = x.length;
+  let lo = x[0], hi = x[0];
+  for (let i = 1; i < n; i++) {
+    const v = x[i];
+    if (v < lo) lo = v;
+    else if (v > hi) hi = v;
+  }
+  if (lo === hi) return lo;
+  const span = f32(hi - lo);
+  const step = f32(span / nbins);
+  const scale = f32(nbins / span);
+  const edges = new Float64Array(nbins + 1); // float32 values: fl(fl(i * step) + lo), last = hi
+  for (let i = 0; i <= nbins; i++) edges[i] = f32(f32(i * step) + lo);
+  const counts = histogram(x, lo, scale, edges, nbins);
+  edges[nbins] = hi;
+  return otsuFromHistogram(counts, edges, nbins);
+}
+
+function histogram(x, lo, scale, edges, nbins) {
+  // the package's bin rule: an estimate within one bin, fixed up against the edges
+  const counts = new Float64Array(nbins);
+  const last = nbins - 1;
+  for (let i = 0, n = x.length; i < n; i++) {
+    const v = x[i];
+    let t = Math.trunc((v - lo) * scale); // an estimate within one bin of numpy's
+    t = t < 0 ? 0 : t > last ? last : t;
+    if (v < edges[t]) t -= 1;
+    if (t < last && v >= edges[t + 1]) t += 1;
+    counts[t] += 1;
+  }
+  return counts;
+}
+
+function otsuFromHistogram(counts, edges, nbins) {
+  // numpy float32 arithmetic of sgwsss.refine.otsu._otsu_from_histograms
+  const centers = new Float64Array(nbins);
+  const cm = new Float64Array(nbins);
+  for (let i = 0; i < nbins; i++) {
+    centers[i] = f32(f32(edges[i] + edges[i + 1]) / 2);
+    cm[i] = f32(counts[i] * centers[i]);
+  }
+  const w1 = new Float64Array(nbins), m1 = new Float64Array(nbins);
+  const w2 = new Float64Array(nbins), m2 = new Float64Array(nbins);
+  let cw = 0, cs = 0;
+  for (let i = 0; i < nbins; i++) {
+    cw = f32(cw + counts[i]);
+    cs = f32(cs + cm[i]);
+    w1[i] = cw;
+    m1[i] = f32(cs / cw);
+  }
+  cw = 0;
+  cs = 0;
+  for (let i = nbins - 1; i >= 0; i--) {
+    cw = f32(cw + counts[i]);
+    cs = f32(cs + cm[i]);
+    w2[i] = cw;
+    m2[i] = f32(cs / cw);
+  }
+  let best = -Infinity, idx = 0;
+  for (let i = 0; i < nbins - 1; i++) {
+    const d = f32(m1[i] - m2[i + 1]);
+    const v = f32(f32(w1[i] * w2[i + 1]) * f32(d * d));
+    if (v > best || (Number.isNaN(v) && best !== best)) {
+      best = v;
+      idx = i;
+    }
+    if (Number.isNaN(v)) { idx = i; break; } // numpy's argmax returns the first NaN
+  }
+  return centers[idx];
+}
+
+/** ``map > threshold`` compared in float32 (as torch does with a Python float): Uint8Array. */
+export function binarize(map, threshold, out) {
+  const t = f32(threshold);
+  const n = map.length;
+  out = out || new Uint8Array(n);
+  for (let i = 0; i < n; i++) out[i] = map[i] > t ? 1 : 0;
+  return out;
+}
+
+// --------------------------------------------------------------------- maps and resampling
+
+/** sgwsss.refine.stages.normalize_maps for one present class: (cam - min) / (max - min), float32. */
+export function normalizeMap(cam) {
+  let lo = cam[0], hi = cam[0];
+  for (let i = 1; i < cam.length; i++) {
+    if (cam[i] < lo) lo = cam[i];
+    if (cam[i] > hi) hi = cam[i];
+  }
+  const span = f32(hi - lo);
+  const out = new Float32Array(cam.length);
+  if (span > 0) for (let i = 0; i < cam.length; i++) out[i] = f32(cam[i] - lo) / span;
+  return out;
+}
+
+function taps(inSize, outSize) {
+  // torch's compute_source_index_and_lambda (align_corners=False), in float32
+  const i0 = new Int32Array(outSize), i1 = new Int32Array(outSize);
+  const l0 = new Float64Array(outSize), l1 = new Float64Array(outSize);
+  const scale = f32(inSize / outSize);
+  for (let i = 0; i < outSize; i++) {
+    if (inSize === outSize) {
+      i0[i] = i;
+      i1[i] = i;
+      l0[i] = 1;
+      l1[i] = 0;
+      continue;
+    }
+    let real = f32(scale * (i + 0.5) - 0.5);
+    if (real < 0) real = 0;
+    const k = Math.min(Math.floor(real), inSize - 1);
+    i0[i] = k;
+    i1[i] = k < inSize - 1 ? k + 1 : k;
+    const lam = Math.min(Math.max(f32(real - k), 0), 1);
+    l1[i] = lam;
+    l0[i] = f32(1 - lam);
+  }
+  return { i0, i1, l0, l1 };
+}
+
+/**
+ * Bilinear resampling of one (h, w) float32 map to (H, W) with torch's
+ * F.interpolate(mode="bilinear", align_corners=False) semantics (no antialias).
+ * Large outputs follow torch's generic CPU kernel: t0 * w0 + t1 * w1 per axis, the
+ * first product rounded, the sum fused (what torch's compiled kernel computes).
+ * @returns {Float32Array} (H * W)
+ */
+export function interpolate(src, h, w, H, W) {
+  const ty = taps(h, H), tx = taps(w, W);
+  const out = new Float32Array(H * W);
+  for (let y = 0; y < H; y++) {
+    const r0 = ty.i0[y] * w, r1 = ty.i1[y] * w;
+    const a0 = ty.l0[y], a1 = ty.l1[y];
+    const o = y * W;
+    for (let x = 0; x < W; x++) {
+      const c0 = tx.i0[x], c1 = tx.i1[x];
+      const b0 = tx.l0[x], b1 = tx.l1[x];
+      const t0 = f32(src[r0 + c0] * b0 + f32(src[r0 + c1] * b1));
+      const t1 = f32(src[r1 + c0] * b0 + f32(src[r1 + c1] * b1));
+      out[o + x] = f32(t0 * a0 + f32(t1 * a1));
+    }
+  }
+  return out;
+}
+
+/** sgwsss.refine.affinity.resize_to_grid for one (h, w) map: (grid * grid) float32. */
+export function resizeToGrid(src, h, w, grid) {
+  if (h === grid && w === grid) return Float32Array.from(src);
+  if (H_PLUS_W_SMALL(grid, grid)) {
+    // torch's channels-last kernel for small outputs: i00 w00 + i01 w01 + i10 w10 + i11 w11
+    const ty = taps(h, grid), tx = taps(w, grid);
+    const out = new Float32Array(grid * grid);
+    for (let y = 0; y < grid; y++) {
+      for (let x = 0; x < grid; x++) {
+        const w00 = f32(ty.l0[y] * tx.l0[x]), w01 = f32(ty.l0[y] * tx.l1[x]);
+        const w10 = f32(ty.l1[y] * tx.l0[x]), w11 = f32(ty.l1[y] * tx.l1[x]);
+        let s = f32(src[ty.i0[y] * w + tx.i0[x]] * w00);
+        s = f32(src[ty.i0[y] * w + tx.i1[x]] * w01 + s);
+        s = f32(src[ty.i1[y] * w + tx.i0[x]] * w10 + s);
+        s = f32(src[ty.i1[y] * w + tx.i1[x]] * w11 + s);
+        out[y * grid + x] = s;
+      }
+    }
+    return out;
+  }
+  return interpolate(src, h, w, grid, grid);
+}
+
+function H_PLUS_W_SMALL(H, W) {
+  return H + W <= 128;
+}
+
+// ------------------------------------------------------------------ affinity and the walk
+
+/**
+ * Eq. 2: W_pq = exp(-||F_p - F_q||) on the grid, as sgwsss.refine.affinity.affinity_matrix
+ * (mean-centred features, ||a||^2 + ||b||^2 - 2 a.b in float32, the norm smoothed by
+ * sqrt(d^2 + 1e-10) - 1e-5, ones on the diagonal).
+ * @param {Float32Array} feat  (k, N) features already resampled to the grid (N = grid^2)
+ * @returns {Float32Array} (N * N) row-major
+ */
+export function affinityMatrix(feat, k, n) {
+  const x = new Float64Array(k * n); // centred features, float32 values
+  for (let c = 0; c < k; c++) {
+    let s = 0;
+    for (let p = 0; p < n; p++) s += feat[c * n + p];
+    const mean = f32(s / n);
+    for (let p = 0; p < n; p++) x[p * k + c] = f32(feat[c * n + p] - mean);
+  }
+  const sq = new Float64Array(n);
+  for (let p = 0; p < n; p++) {
+    let s = 0;
+    for (let c = 0; c < k; c++) s = f32(s + f32(x[p * k + c] * x[p * k + c]));
+    sq[p] = s;
+  }
+  const epsF = f32(1e-10), rootEps = f32(1e-5);
+  const out = new Float32Array(n * n);
+  for (let p = 0; p < n; p++) {
+    out[p * n + p] = f32(Math.exp(-f32(f32(Math.sqrt(epsF)) - rootEps)));
+    for (let q = p + 1; q < n; q++) {
+      let dot = 0;
+      for (let c = 0; c < k; c++) dot += x[p * k + c] * x[q * k + c];
+      let d2 = f32(f32(sq[p] + sq[q]) - f32(2 * f32(dot)));
+      if (d2 < 0) d2 = 0;
+      const v = f32(Math.exp(-f32(f32(Math.sqrt(f32(d2 + epsF))) - rootEps)));
+      out[p * n + q] = v;
+      out[q * n + p] = v;
+    }
+  }
+  return out;
+}
+
+/** Eq. 3: T = D^-1 W^beta (rows sum to 1), as sgwsss.refine.affinity.transition_matrix. */
+export function transitionMatrix(W, n, beta) {
+  if (!(beta > 0)) throw new RangeError(`beta must be > 0, got ${beta}`);
+  const T = new Float32Array(n * n);
+  for (let p = 0; p < n; p++) {
+    let s = 0;
+    const o = p * n;
+    for (let q = 0; q < n; q++) {
+      const v = beta === 1 ? W[o + q] : f32(Math.pow(W[o + q], beta));
+      T[o + q] = v;
+      s += v;
+    }
+    s = f32(s);
+    for (let q = 0; q < n; q++) T[o + q] = f32(T[o + q] / s);
+  }
+  return T;
+}
+
+/** Eq. 5: R = T^steps A for one grid map, as sgwsss.refine.random_walk.random_walk (float32 steps). */
+export function randomWalk(T, a, n, steps = 1) {
+  let cur = Float32Array.from(a);
+  for (let t = 0; t < steps; t++) {
+    const next = new Float32Array(n);
+    for (let p = 0; p < n; p++) {
+      let s = 0;
+      const o = p * n;
+      for (let q = 0; q < n; q++) s += T[o + q] * cur[q];
+      next[p] = s;
+    }
+    cur = next;
+  }
+  return cur;
+}
+
+// --------------------------------------------------------------------------- guided filter
+
+function windowLengths(length, r) {
+  // 1 / (number of positions in each clipped 1-D window), float64
+  const out = new Float64Array(length);
+  for (let i = 0; i < length; i++) out[i] = 1 / (Math.min(i + r, length - 1) - Math.max(i - r, 0) + 1);
+  return out;
+}
+
+/**
+ * The guide's window means and inverse regularised covariances (Eq. 7), computed in float64
+ * exactly as the package's kernel does (sgwsss.refine._cpu_kernels.guide_stats), then
+ * stored as the per-map kernel uses them, in float32: ``packed`` holds 9 values per pixel,
+ * the mean mu_k (3) and (Sigma_k + eps U)^-1 / n_k (6, packed 00 01 02 11 12 22).
+ * @param {Float32Array[]} guide  three (H * W) planes, values u8 / 255 in float32
+ */
+export function guideStatistics(guide, h, w, radius, eps) {
+  const r = radius, hw = h * w;
+  const rows = guideRowSums(guide, h, w, r);
+  const invNh = windowLengths(h, r), invNw = windowLengths(w, r);
+  const packed = new Float32Array(9 * hw); // per pixel: mean (3), inverse / n (6), for the per-map passes
+  const acc = new Float64Array(9 * w); // column window sums, 9 per column
+  for (let y = 0, m = Math.min(r, h - 1); y <= m; y++) {
+    const o = y * w * 9;
+    for (let x = 0; x < 9 * w; x++) acc[x] += rows[o + x];
+  }
+  const zero = new Float64Array(9 * w);
+  for (let y = 0; y < h; y++) {
+    const kh = invNh[y], nh = Math.min(y + r, h - 1) - Math.max(y - r, 0) + 1;
+    for (let x = 0, j = 0; x < w; x++, j += 9) {
+      const k = kh * invNw[x];
+      const m0 = acc[j] * k, m1 = acc[j + 1] * k, m2 = acc[j + 2] * k;
+      const s00 = acc[j + 3] * k - m0 * m0 + eps, s01 = acc[j + 4] * k - m0 * m1;
+      const s02 = acc[j + 5] * k - m0 * m2, s11 = acc[j + 6] * k - m1 * m1 + eps;
+      const s12 = acc[j + 7] * k - m1 * m2, s22 = acc[j + 8] * k - m2 * m2 + eps;
+      const c00 = s11 * s22 - s12 * s12, c01 = s02 * s12 - s01 * s22, c02 = s01 * s12 - s02 * s11;
+      const c11 = s00 * s22 - s02 * s02, c12 = s01 * s02 - s00 * s12, c22 = s00 * s11 - s01 * s01;
+      const det = s00 * c00 + s01 * c01 + s02 * c02;
+      const count = nh * (Math.min(x + r, w - 1) - Math.max(x - r, 0) + 1);
+      const q = 9 * (y * w + x);
+      packed[q] = m0; packed[q + 1] = m1; packed[q + 2] = m2;
+      packed[q + 3] = c00 / det / count; packed[q + 4] = c01 / det / count; packed[q + 5] = c02 / det / count;
+      packed[q + 6] = c11 / det / count; packed[q + 7] = c12 / det / count; packed[q + 8] = c22 / det / count;
+    }
+    // move the windows down one row: add row y + r + 1, then subtract row y - r (zero rows past the ends)
+    const add = y + r + 1 < h ? rows : zero, ao = y + r + 1 < h ? (y + r + 1) * w * 9 : 0;
+    const sub = y - r >= 0 ? rows : zero, so = y - r >= 0 ? (y - r) * w * 9 : 0;
+    for (let x = 0; x < 9 * w; x++) acc[x] = acc[x] + add[ao + x] - sub[so + x];
+  }
+  return { h, w, radius: r, eps, guide, packed, invNh, invNw };
+}
+
+function guideRowSums(guide, h, w, r) {
+  // clipped row window sums of I_0, I_1, I_2 and I_i I_j (i <= j), float64, 9 per pixel
+  const [g0, g1, g2] = guide;
+  const rows = new Float64Array(9 * h * w);
+  for (let y = 0; y < h; y++) {
+    const base = y * w;
+    let s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0, s8 = 0;
+    for (let x = 0, m = Math.min(r, w - 1); x <= m; x++) {
+      const a = g0[base + x], b = g1[base + x], c = g2[base + x];
+      s0 += a; s1 += b; s2 += c; s3 += a * a; s4 += a * b; s5 += a * c; s6 += b * b; s7 += b * c; s8 += c * c;
+    }
+    for (let x = 0; x < w; x++) {
+      const o = 9 * (base + x);
+      rows[o] = s0; rows[o + 1] = s1; rows[o + 2] = s2; rows[o + 3] = s3; rows[o + 4] = s4;
+      rows[o + 5] = s5; rows[o + 6] = s6; rows[o + 7] = s7; rows[o + 8] = s8;
+      if (x + r + 1 < w) {
+        const i = base + x + r + 1, a = g0[i], b = g1[i], c = g2[i];
+        s0 += a; s1 += b; s2 += c; s3 += a * a; s4 += a * b; s5 += a * c; s6 += b * b; s7 += b * c; s8 += c * c;
+      }
+      if (x - r >= 0) {
+        const i = base + x - r, a = g0[i], b = g1[i], c = g2[i];
+        s0 -= a; s1 -= b; s2 -= c; s3 -= a * a; s4 -= a * b; s5 -= a * c; s6 -= b * b; s7 -= b * c; s8 -= c * c;
+      }
+    }
+  }
+  return rows;
+}
+
+/**
+ * Where the filter can change a set of binary masks (skip_constant): the package's
+ * _active_region over all maps of the image together. Returns null when every mask is
+ * constant, else {a: [y0, y1, x0, x1], c: [y0, y1, x0, x1]} (active box, computed crop).
+ * @param {Uint8Array[]} masks  (H * W) each
+ */
+export function changedRowsCols(masks, h, w, rows, cols) {
+  rows = rows || new Uint8Array(h);
+  cols = cols || new Uint8Array(w);
+  for (const p of masks) {
+    for (let y = 0; y < h; y++) {
+      const o = y * w;
+      for (let x = 0; x < w; x++) {
+        const v = p[o + x];
+        if (x + 1 < w && p[o + x + 1] !== v) { rows[y] = 1; cols[x] = 1; cols[x + 1] = 1; }
+        if (y + 1 < h && p[o + w + x] !== v) { rows[y] = 1; rows[y + 1] = 1; cols[x] = 1; }
+      }
+    }
+  }
+  return { rows, cols };
+}
+
+/** Bounding boxes from changed rows/cols (the second half of _active_region). */
+export function activeRegion(rows, cols, h, w, radius) {
+  let y0 = -1, y1 = -1, x0 = -1, x1 = -1;
+  for (let y = 0; y < h; y++) if (rows[y]) { if (y0 < 0) y0 = y; y1 = y + 1; }
+  if (y0 < 0) return null;
+  for (let x = 0; x < w; x++) if (cols[x]) { if (x0 < 0) x0 = x; x1 = x + 1; }
+  const grow = (a0, a1, m, size) => [Math.max(a0 - m, 0), Math.min(a1 + m, size)];
+  const snap = ([a0, a1], size) => [a0 - (a0 % 16), Math.min(a1 + ((16 - (a1 % 16)) % 16), size)];
+  const a = [...grow(y0, y1, 2 * radius, h), ...grow(x0, x1, 2 * radius, w)];
+  const c = [...snap(grow(y0, y1, 4 * radius, h), h), ...snap(grow(x0, x1, 4 * radius, w), w)];
+  return { a, c };
+}
+
+/**
+ * Scratch buffers and the four passes of the package's fused guided-filter kernel
+ * (sgwsss.refine._cpu_kernels.filter_maps) for binary masks on a crop of the image.
+ */
+export class GuidedFilterState {
+  constructor() {
+    this.stats = null;
+    this.cap = 0;
+  }
+
+  _buffers(n, cw) {
+    if (n > this.cap) {
+      this.cap = n;
+      this.r = [0, 1, 2, 3].map(() => new Float32Array(n));
+      this.ab = [0, 1, 2, 3].map(() => new Float32Array(n));
+    }
+    if (!this.acc || this.acc[0].length < cw) {
+      this.acc = [0, 1, 2, 3].map(() => new Float64Array(cw));
+      this.zero = [0, 1, 2, 3].map(() => new Float32Array(cw));
+    }
+  }
+
+  /**
+   * Filter one binary mask p (Uint8Array, H * W) of the image of ``stats`` with the crop box (from activeRegion; null:
+   * every mask constant). Returns the float32 (H * W) output: the mask itself outside the
+   * active box, the guided filter (Eqs. 6-8) inside, as GuidedFilter(..., skip_constant=True).
+   */
+  filterMask(stats, p, box, out) {
+    this.stats = stats;
+    const { h, w } = stats;
+    out = out || new Float32Array(h * w);
+    if (box === null) {
+      for (let i = 0; i < h * w; i++) out[i] = p[i];
+      return out;
+    }
+    const [cy0, cy1, cx0, cx1] = box.c;
+    const full = cy0 === 0 && cy1 === h && cx0 === 0 && cx1 === w;
+    // a crop as large as the image: the package keeps the filter's output everywhere
+    const [ay0, ay1, ax0, ax1] = full ? box.c : box.a;
+    if (!full) for (let i = 0; i < h * w; i++) out[i] = p[i];
+    const ch = cy1 - cy0, cw = cx1 - cx0;
+    this._buffers(ch * cw, cw);
+    this._rowsSource(p, cy0, cx0, ch, cw);
+    this._columnsCoefficients(cy0, cx0, ch, cw);
+    this._rows4(ch, cw);
+    this._columnsOutput(out, cy0, cx0, ch, cw, ay0, ay1, ax0, ax1);
+    return out;
+  }
+
+  _rowsSource(p, cy0, cx0, ch, cw) {
+    // pass 1: clipped row window sums of [p, I_r p, I_g p, I_b p] (exact: p is 0/1)
+    const { w, radius: r } = this.stats;
+    const [g0, g1, g2] = this.stats.guide;
+    const [o0, o1, o2, o3] = this.r;
+    for (let y = 0; y < ch; y++) {
+      const base = (cy0 + y) * w + cx0, ob = y * cw;
+      let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+      for (let x = 0, m = Math.min(r, cw - 1); x <= m; x++) {
+        const i = base + x;
+        if (p[i]) { s0 += 1; s1 += g0[i]; s2 += g1[i]; s3 += g2[i]; }
+      }
+      for (let x = 0; x < cw; x++) {
+        o0[ob + x] = s0; o1[ob + x] = s1; o2[ob + x] = s2; o3[ob + x] = s3;
+        if (x + r + 1 < cw) {
+          const i = base + x + r + 1;
+          if (p[i]) { s0 += 1; s1 += g0[i]; s2 += g1[i]; s3 += g2[i]; }
+        }
+        if (x - r >= 0) {
+          const i = base + x - r;
+          if (p[i]) { s0 -= 1; s1 -= g0[i]; s2 -= g1[i]; s3 -= g2[i]; }
+        }
+      }
+    }
+  }
+
+  _columnsCoefficients(cy0, cx0, ch, cw) {
+    // pass 2: column sums -> a_k = (Sigma_k + eps U)^-1 n_k cov_k(I, p) / n_k (Eq. 7), b_k (Eq. 8)
+    const { w, radius: r, packed, invNh, invNw } = this.stats;
+    const [r0, r1, r2, r3] = this.r;
+    const [o0, o1, o2, o3] = this.ab;
+    const [c0, c1, c2, c3] = this.acc;
+    this._initColumns(ch, cw, r);
+    for (let y = 0; y < ch; y++) {
+      const kh = invNh[cy0 + y], ob = y * cw;
+      let g = ((cy0 + y) * w + cx0) * 9;
+      const [add, sub] = this._slideRows(y, ch, cw, r);
+      const [A0, A1, A2, A3] = add.arrays, ao = add.offset;
+      const [B0, B1, B2, B3] = sub.arrays, bo = sub.offset;
+      for (let x = 0; x < cw; x++, g += 9) {
+        const s0 = c0[x], s1 = c1[x], s2 = c2[x], s3 = c3[x];
+        const mu0 = packed[g], mu1 = packed[g + 1], mu2 = packed[g + 2];
+        const d0 = s1 - mu0 * s0, d1 = s2 - mu1 * s0, d2 = s3 - mu2 * s0;
+        const i0 = packed[g + 3], i1 = packed[g + 4], i2 = packed[g + 5];
+        const i3 = packed[g + 6], i4 = packed[g + 7], i5 = packed[g + 8];
+        const a0 = i0 * d0 + i1 * d1 + i2 * d2;
+        const a1 = i1 * d0 + i3 * d1 + i4 * d2;
+        const a2 = i2 * d0 + i4 * d1 + i5 * d2;
+        o0[ob + x] = a0; o1[ob + x] = a1; o2[ob + x] = a2;
+        o3[ob + x] = s0 * kh * invNw[cx0 + x] - a0 * mu0 - a1 * mu1 - a2 * mu2;
+        // move the column windows to row y + 1 (adding or subtracting a zero row is exact)
+        c0[x] = s0 + A0[ao + x] - B0[bo + x];
+        c1[x] = s1 + A1[ao + x] - B1[bo + x];
+        c2[x] = s2 + A2[ao + x] - B2[bo + x];
+        c3[x] = s3 + A3[ao + x] - B3[bo + x];
+      }
+    }
+  }
+
+  _initColumns(ch, cw, r) {
+    // the column windows of row 0: sums of the rows 0..r of the pass's input (this.r)
+    const [c0, c1, c2, c3] = this.acc;
+    const [r0, r1, r2, r3] = this.r;
+    for (const a of this.acc) a.fill(0, 0, cw);
+    for (let y = 0, m = Math.min(r, ch - 1); y <= m; y++) {
+      const o = y * cw;
+      for (let x = 0; x < cw; x++) { c0[x] += r0[o + x]; c1[x] += r1[o + x]; c2[x] += r2[o + x]; c3[x] += r3[o + x]; }
+    }
+  }
+
+  _slideRows(y, ch, cw, r) {
+    // the rows entering (y + r + 1) and leaving (y - r) the column windows; a zero row if none
+    const zero = { arrays: this.zero, offset: 0 };
+    const add = y + r + 1 < ch ? { arrays: this.r, offset: (y + r + 1) * cw } : zero;
+    const sub = y - r >= 0 ? { arrays: this.r, offset: (y - r) * cw } : zero;
+    return [add, sub];
+  }
+
+  _rows4(ch, cw) {
+    // pass 3: clipped row window sums of [a, b]: s += a[x + r + 1] - a[x - r] (0 past the ends)
+    const r = this.stats.radius;
+    const noSub = Math.min(r, cw), addEnd = Math.max(cw - r - 1, 0);
+    for (let c = 0; c < 4; c++) {
+      const a = this.ab[c], o = this.r[c];
+      for (let y = 0; y < ch; y++) {
+        const ob = y * cw;
+        let s = 0;
+        for (let x = 0, m = Math.min(r, cw - 1); x <= m; x++) s += a[ob + x];
+        let x = 0;
+        for (; x < noSub && x < addEnd; x++) { o[ob + x] = s; s += a[ob + x + r + 1] - 0; }
+        for (; x < noSub; x++) { o[ob + x] = s; s += 0 - 0; }
+        for (; x < addEnd; x++) { o[ob + x] = s; s += a[ob + x + r + 1] - a[ob + x - r]; }
+        for (; x < cw; x++) { o[ob + x] = s; s += 0 - a[ob + x - r]; }
+      }
+    }
+  }
+
+  _columnsOutput(out, cy0, cx0, ch, cw, ay0, ay1, ax0, ax1) {
+    // pass 4: column sums of [sum a, sum b] -> q = (sum(a)^T I + sum(b)) / n (Eq. 6)
+    const { w, radius: r, invNh, invNw } = this.stats;
+    const [g0, g1, g2] = this.stats.guide;
+    const [c0, c1, c2, c3] = this.acc;
+    this._initColumns(ch, cw, r);
+    const xa0 = ax0 - cx0, xa1 = ax1 - cx0;
+    for (let y = 0; y < ch; y++) {
+      const yy = cy0 + y;
+      const [add, sub] = this._slideRows(y, ch, cw, r);
+      const [A0, A1, A2, A3] = add.arrays, ao = add.offset;
+      const [B0, B1, B2, B3] = sub.arrays, bo = sub.offset;
+      if (yy >= ay0 && yy < ay1) {
+        const kh = invNh[yy], gb = yy * w + cx0;
+        for (let x = xa0; x < xa1; x++) {
+          const g = gb + x;
+          out[g] = (c0[x] * g0[g] + c1[x] * g1[g] + c2[x] * g2[g] + c3[x]) * (kh * invNw[cx0 + x]);
+        }
+      }
+      for (let x = 0; x < cw; x++) {
+        c0[x] = c0[x] + A0[ao + x] - B0[bo + x];
+        c1[x] = c1[x] + A1[ao + x] - B1[bo + x];
+        c2[x] = c2[x] + A2[ao + x] - B2[bo + x];
+        c3[x] = c3[x] + A3[ao + x] - B3[bo + x];
+      }
+    }
+  }
+}
+
+// -------------------------------------------------------------------------------- Eq. 11
+
+/**
+ * Eq. 11 (sgwsss.refine.pseudo_label.pseudo_label): each present class fires where its
+ * refined map exceeds its Otsu threshold; the label is 1 + the class with the largest
+ * firing value (first on ties), 0 (background) where none fires.
+ * @param {Float32Array[]} maps  refined maps of the present classes, in channel order
+ * @param {number[]} classes  their 0-based channels
+ * @returns {{labels: Uint8Array, thresholds: number[]}}
+ */
+export function pseudoLabel(maps, classes, n) {
+  const thresholds = maps.map((m) => otsuThreshold(m));
+  const labels = new Uint8Array(n);
+  const k = maps.length;
+  for (let i = 0; i < n; i++) {
+    let best = -Infinity, lab = 0;
+    for (let c = 0; c < k; c++) {
+      const v = maps[c][i];
+      if (v > thresholds[c] && v > best) { best = v; lab = classes[c] + 1; }
+    }
+    labels[i] = lab;
+  }
+  return { labels, thresholds };
+}
+
+// ---------------------------------------------------------------------- the stage engine
+
+/** sgwsss.constants.STAGES, and what each one computes. */
+export const STAGES = ["A", "R", "G-w/o-aff", "G", "G-iter15-w/o-aff", "G-iter15"];
+export const STAGE_SOURCE = { A: "A", R: "R", "G-w/o-aff": "A", G: "R", "G-iter15-w/o-aff": "A", "G-iter15": "R" };
+export const STAGE_ITERATIONS = { A: 0, R: 0, "G-w/o-aff": 1, G: 1, "G-iter15-w/o-aff": 15, "G-iter15": 15 };
+
+class LRU {
+  constructor(size) { this.size = size; this.map = new Map(); }
+  get(key) {
+    const v = this.map.get(key);
+    if (v !== undefined) { this.map.delete(key); this.map.set(key, v); }
+    return v;
+  }
+  set(key, value) {
+    this.map.delete(key);
+    this.map.set(key, value);
+    while (this.map.size > this.size) this.map.delete(this.map.keys().next().value);
+    return value;
+  }
+}
+
+/**
+ * One image's data and everything derived from it for some of its present classes: the
+ * stage sources (A, R), the guide statistics per (radius, eps) and the refinement
+ * iterations per setting. A Web Worker holds one per image (or the page does, without
+ * workers); the classes of an image may be split over several engines, which then agree
+ * on the skip_constant crop of every iteration through activeRegion (see RefineClient).
+ */
+export class ImageEngine {
+  /**
+   * @param {object} d  {h, w, rgb (Uint8Array, 3 * h * w planar), classes (0-based channels),
+   *   cam (Float32Array, K * ch * cw), ch, cw, feat (Float32Array, k * grid^2), k, grid}
+   */
+  constructor(d) {
+    this.d = d;
+    const n = d.h * d.w;
+    this.guide = [0, 1, 2].map((c) => {
+      const g = new Float32Array(n);
+      const o = c * n;
+      for (let i = 0; i < n; i++) g[i] = d.rgb[o + i] / 255; // float32(u8 / 255), as the data loader
+      return g;
+    });
+    this.normalized = d.classes.map((_, j) => normalizeMap(d.cam.subarray(j * d.ch * d.cw, (j + 1) * d.ch * d.cw)));
+    this.sources = new LRU(6);
+    this.statsCache = new LRU(2);
+    this.runs = new LRU(4);
+    this.W = null;
+    this.T = new LRU(3);
+    this.gf = new GuidedFilterState();
+  }
+
+  transition(beta) {
+    const { grid, k } = this.d;
+    const n = grid * grid;
+    if (this.W === null) this.W = affinityMatrix(this.d.feat, k, n);
+    const key = String(beta);
+    return this.T.get(key) || this.T.set(key, transitionMatrix(this.W, n, beta));
+  }
+
+  /** The stage source of class slot j: "A" (normalised, upsampled) or "R" (walk, upsampled). */
+  source(j, kind, beta, steps) {
+    const key = kind === "A" ? `A|${j}` : `R|${j}|${beta}|${steps}`;
+    let m = this.sources.get(key);
+    if (m) return m;
+    const { h, w, ch, cw, grid } = this.d;
+    if (kind === "A") {
+      m = interpolate(this.normalized[j], ch, cw, h, w);
+    } else {
+      const a = resizeToGrid(this.normalized[j], ch, cw, grid);
+      const r = randomWalk(this.transition(beta), a, grid * grid, steps);
+      m = interpolate(r, grid, grid, h, w);
+    }
+    return this.sources.set(key, m);
+  }
+
+  stats(radius, eps) {
+    const key = `${radius}|${eps}`;
+    return this.statsCache.get(key) ||
+      this.statsCache.set(key, guideStatistics(this.guide, this.d.h, this.d.w, radius, eps));
+  }
+
+  /**
+   * The iterations of one setting for the class slots ``slots``: {key, q: [[Q^1..]], masks}.
+   * ``job``: {stage source kind, beta, steps, radius, eps, threshold (null: Otsu)}.
+   */
+  run(job, slots) {
+    const key = [job.kind, job.kind === "R" ? job.beta : "", job.kind === "R" ? job.steps : "", job.radius, job.eps,
+      job.threshold === null ? "otsu" : job.threshold, slots.join(",")].join("|");
+    let run = this.runs.get(key);
+    if (!run) {
+      run = { key, slots, job, q: slots.map(() => []), mask: slots.map(() => null) };
+      this.runs.set(key, run);
+    }
+    return run;
+  }
+
+  /** Binarise Q^t of every slot of ``run`` (t = 0: the source) and report the changed rows/cols. */
+  maskStep(run, t) {
+    const { h, w } = this.d;
+    const { job } = run;
+    const rows = new Uint8Array(h), cols = new Uint8Array(w);
+    run.slots.forEach((j, s) => {
+      run.q[s].length = t; // later iterations, if any, are recomputed from here
+      const q = t === 0 ? this.source(j, job.kind, job.beta, job.steps) : run.q[s][t - 1];
+      const thr = job.threshold === null ? otsuThreshold(q) : job.threshold;
+      run.mask[s] = binarize(q, thr, run.mask[s] || undefined);
+    });
+    changedRowsCols(run.mask, h, w, rows, cols);
+    return { rows, cols };
+  }
+
+  /** Filter every slot's current mask with the crop ``box`` (activeRegion over all classes). */
+  filterStep(run, box) {
+    const { job } = run;
+    const stats = this.stats(job.radius, job.eps);
+    run.slots.forEach((_, s) => run.q[s].push(this.gf.filterMask(stats, run.mask[s], box)));
+  }
+}
+
+// ------------------------------------------------------------------- the worker protocol
+
+/**
+ * Requests a worker (sgwsss_live_worker.js) or the page itself answers; ``engines`` maps an
+ * image key to its ImageEngine. Returns {reply, transfer}.
+ *   {op: "image", image, data}                          store an image's data
+ *   {op: "mask", image, job, slots, t}                  binarise Q^t -> changed rows / cols
+ *   {op: "filter", image, job, slots, box, next}        Q^{t+1} (+ the next mask if ``next``)
+ *   {op: "result", image, job, slots, t}                Q^t (t = 0: the stage source) and its Otsu threshold
+ *   {op: "status", image, job, slots}                   how many iterations are stored
+ */
+export function handleMessage(engines, msg) {
+  if (msg.op === "image") {
+    if (!engines.has(msg.image)) engines.set(msg.image, new ImageEngine(msg.data));
+    return { reply: { ok: true } };
+  }
+  const engine = engines.get(msg.image);
+  if (!engine) throw new Error(`no data for image ${msg.image}`);
+  const run = msg.job.iterations === 0 ? null : engine.run(msg.job, msg.slots);
+  if (msg.op === "status") return { reply: { done: run ? run.q[0].length : 0 } };
+  if (msg.op === "mask") return rowsColsReply(engine.maskStep(run, msg.t));
+  if (msg.op === "filter") {
+    engine.filterStep(run, msg.box);
+    return msg.next ? rowsColsReply(engine.maskStep(run, run.q[0].length)) : { reply: { done: run.q[0].length } };
+  }
+  if (msg.op === "result") {
+    const { kind, beta, steps } = msg.job;
+    const maps = msg.slots.map((j, s) => Float32Array.from(msg.t === 0 ? engine.source(j, kind, beta, steps) : run.q[s][msg.t - 1]));
+    const thresholds = maps.map((m) => otsuThreshold(m));
+    return { reply: { maps, thresholds }, transfer: maps.map((m) => m.buffer) };
+  }
+  throw new Error(`unknown request ${msg.op}`);
+}
+
+function rowsColsReply({ rows, cols }) {
+  return { reply: { rows, cols }, transfer: [rows.buffer, cols.buffer] };
+}
