@@ -305,9 +305,9 @@ function el(tag, attrs = {}, ...children) {
 function slider(name, label, min, max, step, value, format) {
   const input = el("input", { type: "range", min, max, step, value: String(value), "data-control": name, "aria-label": label });
   const out = el("output", { class: "sgwsss-live-readout" });
-  const show = () => { out.textContent = format(Number(input.value)); };
-  show();
-  input.addEventListener("input", show);
+  // the readout shows the value in use (set by the figure), not the slider's snapped position
+  const show = (v = Number(input.value)) => { out.textContent = format(v); };
+  show(value);
   return { node: el("label", { class: "sgwsss-live-control" }, el("span", { text: label }), input, out), input, show };
 }
 
@@ -377,12 +377,12 @@ class Figure {
     c.image = select("image", "image", imgs.map((s, i) => [i, `${s.id} (${s.classes.map((k) => this.p.classNames[k + 1]).join(", ")})`]), v.image);
     c.class = select("class", "class", [], "");
     c.stage = select("stage", "stage", core.STAGES.map((s) => [s, s]), v.stage);
-    c.beta = slider("beta", "walk beta", -1, 2, 0.05, Math.log10(v.beta), (x) => `${+Math.pow(10, x).toPrecision(3)}`);
+    c.beta = slider("beta", "walk beta", -1, 2, 0.01, Math.log10(v.beta), (x) => `${+Math.pow(10, x).toPrecision(3)}`);
     c.steps = slider("steps", "walk steps", 1, 10, 1, v.steps, (x) => `${x}`);
     c.thresholdMode = select("thresholdMode", "threshold", [["otsu", "Otsu"], ["manual", "manual"]], v.thresholdMode);
     c.threshold = slider("threshold", "manual threshold", 0.01, 0.99, 0.01, v.threshold, (x) => x.toFixed(2));
     c.radius = slider("radius", "radius", 1, 40, 1, v.radius, (x) => `${x} (window ${2 * x + 1})`);
-    c.eps = slider("eps", "eps", -8, 0, 0.25, Math.log10(v.eps), (x) => `1e${x}`);
+    c.eps = slider("eps", "eps", -8, 0, 0.25, Math.log10(v.eps), (x) => `1e${+x.toFixed(2)}`);
     c.iterations = slider("iterations", "iterations", 1, 15, 1, v.iterations, (x) => `${x}`);
     this.controls = c;
     const row = el("div", { class: "sgwsss-live-controls" });
@@ -418,13 +418,13 @@ class Figure {
     c.image.input.value = String(v.image);
     c.class.input.value = String(v.class);
     c.stage.input.value = v.stage;
-    c.beta.input.value = String(Math.log10(v.beta)); c.beta.show();
-    c.steps.input.value = String(v.steps); c.steps.show();
+    c.beta.input.value = String(Math.log10(v.beta)); c.beta.show(Math.log10(v.beta));
+    c.steps.input.value = String(v.steps); c.steps.show(v.steps);
     c.thresholdMode.input.value = v.thresholdMode;
-    c.threshold.input.value = String(v.threshold); c.threshold.show();
-    c.radius.input.value = String(v.radius); c.radius.show();
-    c.eps.input.value = String(Math.log10(v.eps)); c.eps.show();
-    c.iterations.input.value = String(v.iterations); c.iterations.show();
+    c.threshold.input.value = String(v.threshold); c.threshold.show(v.threshold);
+    c.radius.input.value = String(v.radius); c.radius.show(v.radius);
+    c.eps.input.value = String(Math.log10(v.eps)); c.eps.show(Math.log10(v.eps));
+    c.iterations.input.value = String(v.iterations); c.iterations.show(v.iterations);
   }
 
   /** Apply one control's value (the rules that keep every control effective). */
@@ -451,7 +451,8 @@ class Figure {
   }
 
   onControl(name, event) {
-    this.changedAt = event && event.timeStamp !== undefined ? performance.now() : performance.now();
+    // the event's time (same clock as performance.now()): the latency includes the event dispatch
+    this.changedAt = event && event.timeStamp > 0 ? event.timeStamp : performance.now();
     this.apply(name, this.controls[name].input.value);
     this.syncControls();
     this.update();

@@ -7,7 +7,7 @@
 //   normalizeMap       sgwsss.refine.stages.normalize_maps      (per-class min-max, float32)
 //   interpolate        torch.nn.functional.interpolate(bilinear, align_corners=False), float32
 //   resizeToGrid       sgwsss.refine.affinity.resize_to_grid
-//   affinityMatrix     sgwsss.refine.affinity.affinity_matrix   (Eq. 2)
+//   affinityDistances  sgwsss.refine.affinity.affinity_matrix   (Eq. 2; the walk runs in float64)
 //   transitionMatrix   sgwsss.refine.affinity.transition_matrix (Eq. 3, beta as a power of W)
 //   randomWalk         sgwsss.refine.random_walk.random_walk    (Eq. 5, T^t A)
 //   guideStatistics    sgwsss.refine.guided_filter.guide_statistics (float64)
@@ -207,66 +207,60 @@ function H_PLUS_W_SMALL(H, W) {
 // ------------------------------------------------------------------ affinity and the walk
 
 /**
- * Eq. 2: W_pq = exp(-||F_p - F_q||) on the grid, as sgwsss.refine.affinity.affinity_matrix
- * (mean-centred features, ||a||^2 + ||b||^2 - 2 a.b in float32, the norm smoothed by
- * sqrt(d^2 + 1e-10) - 1e-5, ones on the diagonal).
+ * Eq. 2 on the grid: the distances d_pq = ||F_p - F_q|| behind W_pq = exp(-d_pq)
+ * (sgwsss.refine.affinity.affinity_matrix, with its smoothing sqrt(d^2 + 1e-10) - 1e-5 and
+ * zeros on the diagonal). Computed in float64, stored in float32.
+ *
+ * The walk is the one step computed in float64 here: the package's float32 walk carries
+ * about 1e-6 to 1e-4 of rounding noise (torch's vectorised sqrt, exp and pow are not
+ * correctly rounded, and W^beta multiplies relative errors by beta), which no browser can
+ * reproduce bit for bit; float64 gives the value that noise is around.
  * @param {Float32Array} feat  (k, N) features already resampled to the grid (N = grid^2)
- * @returns {Float32Array} (N * N) row-major
+ * @returns {Float32Array} (N * N) row-major distances
  */
-export function affinityMatrix(feat, k, n) {
-  const x = new Float64Array(k * n); // centred features, float32 values
-  for (let c = 0; c < k; c++) {
-    let s = 0;
-    for (let p = 0; p < n; p++) s += feat[c * n + p];
-    const mean = f32(s / n);
-    for (let p = 0; p < n; p++) x[p * k + c] = f32(feat[c * n + p] - mean);
-  }
-  const sq = new Float64Array(n);
+export function affinityDistances(feat, k, n) {
+  const d = new Float32Array(n * n);
   for (let p = 0; p < n; p++) {
-    let s = 0;
-    for (let c = 0; c < k; c++) s = f32(s + f32(x[p * k + c] * x[p * k + c]));
-    sq[p] = s;
-  }
-  const epsF = f32(1e-10), rootEps = f32(1e-5);
-  const out = new Float32Array(n * n);
-  for (let p = 0; p < n; p++) {
-    out[p * n + p] = f32(Math.exp(-f32(f32(Math.sqrt(epsF)) - rootEps)));
     for (let q = p + 1; q < n; q++) {
-      let dot = 0;
-      for (let c = 0; c < k; c++) dot += x[p * k + c] * x[q * k + c];
-      let d2 = f32(f32(sq[p] + sq[q]) - f32(2 * f32(dot)));
-      if (d2 < 0) d2 = 0;
-      const v = f32(Math.exp(-f32(f32(Math.sqrt(f32(d2 + epsF))) - rootEps)));
-      out[p * n + q] = v;
-      out[q * n + p] = v;
+      let s = 0;
+      for (let c = 0; c < k; c++) {
+        const v = feat[c * n + p] - feat[c * n + q];
+        s += v * v;
+      }
+      const v = Math.sqrt(s + 1e-10) - 1e-5;
+      d[p * n + q] = v;
+      d[q * n + p] = v;
     }
   }
-  return out;
+  return d;
 }
 
-/** Eq. 3: T = D^-1 W^beta (rows sum to 1), as sgwsss.refine.affinity.transition_matrix. */
-export function transitionMatrix(W, n, beta) {
+/**
+ * Eq. 3: T = D^-1 W^beta with W = exp(-d) (rows sum to 1), as
+ * sgwsss.refine.affinity.transition_matrix: W^beta = exp(-beta d), beta an inverse temperature.
+ * @returns {Float32Array} (N * N)
+ */
+export function transitionMatrix(d, n, beta) {
   if (!(beta > 0)) throw new RangeError(`beta must be > 0, got ${beta}`);
   const T = new Float32Array(n * n);
+  const row = new Float64Array(n);
   for (let p = 0; p < n; p++) {
-    let s = 0;
     const o = p * n;
+    let s = 0;
     for (let q = 0; q < n; q++) {
-      const v = beta === 1 ? W[o + q] : f32(Math.pow(W[o + q], beta));
-      T[o + q] = v;
-      s += v;
+      row[q] = Math.exp(-beta * d[o + q]);
+      s += row[q];
     }
-    s = f32(s);
-    for (let q = 0; q < n; q++) T[o + q] = f32(T[o + q] / s);
+    for (let q = 0; q < n; q++) T[o + q] = row[q] / s;
   }
   return T;
 }
 
-/** Eq. 5: R = T^steps A for one grid map, as sgwsss.refine.random_walk.random_walk (float32 steps). */
+/** Eq. 5: R = T^steps A for one grid map (sgwsss.refine.random_walk.random_walk), float64 sums. */
 export function randomWalk(T, a, n, steps = 1) {
-  let cur = Float32Array.from(a);
+  let cur = Float64Array.from(a);
   for (let t = 0; t < steps; t++) {
-    const next = new Float32Array(n);
+    const next = new Float64Array(n);
     for (let p = 0; p < n; p++) {
       let s = 0;
       const o = p * n;
@@ -275,7 +269,7 @@ export function randomWalk(T, a, n, steps = 1) {
     }
     cur = next;
   }
-  return cur;
+  return Float32Array.from(cur); // r.to(a.dtype): the float32 maps
 }
 
 // --------------------------------------------------------------------------- guided filter
@@ -640,17 +634,17 @@ export class ImageEngine {
     this.sources = new LRU(6);
     this.statsCache = new LRU(2);
     this.runs = new LRU(4);
-    this.W = null;
-    this.T = new LRU(3);
+    this.dist = null;
+    this.T = new LRU(2);
     this.gf = new GuidedFilterState();
   }
 
   transition(beta) {
     const { grid, k } = this.d;
     const n = grid * grid;
-    if (this.W === null) this.W = affinityMatrix(this.d.feat, k, n);
+    if (this.dist === null) this.dist = affinityDistances(this.d.feat, k, n);
     const key = String(beta);
-    return this.T.get(key) || this.T.set(key, transitionMatrix(this.W, n, beta));
+    return this.T.get(key) || this.T.set(key, transitionMatrix(this.dist, n, beta));
   }
 
   /** The stage source of class slot j: "A" (normalised, upsampled) or "R" (walk, upsampled). */

@@ -114,7 +114,7 @@ def _lossless(pixels: np.ndarray) -> dict:
     im = Image.fromarray(pixels, "RGB" if pixels.ndim == 3 else "L")
     buf = io.BytesIO()
     if pixels.ndim == 3 and features.check("webp"):
-        im.save(buf, "WEBP", lossless=True, quality=100, method=6, exact=True)
+        im.save(buf, "WEBP", lossless=True, quality=100, method=5, exact=True)
         mime = "image/webp"
     else:
         im.save(buf, "PNG", optimize=True)
