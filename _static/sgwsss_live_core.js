@@ -388,35 +388,41 @@ export function activeRegion(rows, cols, h, w, radius) {
 }
 
 /**
- * Scratch buffers and the four passes of the package's fused guided-filter kernel
- * (sgwsss.refine._cpu_kernels.filter_maps) for binary masks on a crop of the image.
+ * The package's fused guided-filter kernel (sgwsss.refine._cpu_kernels.filter_maps) for binary
+ * masks on a crop of the image, with the same arithmetic in the same order: (1) row window
+ * sums of [p, I p], (2) their column sums -> a_k, b_k (Eqs. 7-8), (3) row window sums of
+ * [a, b], (4) their column sums -> q (Eq. 6); sums in float64, stored in float32. The four
+ * passes stream through two ring buffers of 2r + 2 rows, so the working set stays in cache.
  */
 export class GuidedFilterState {
   constructor() {
     this.stats = null;
-    this.cap = 0;
+    this.cw = -1;
   }
 
-  _buffers(n, cw) {
-    if (n > this.cap) {
-      this.cap = n;
-      this.r = [0, 1, 2, 3].map(() => new Float32Array(n));
-      this.ab = [0, 1, 2, 3].map(() => new Float32Array(n));
-    }
-    if (!this.acc || this.acc[0].length < cw) {
-      this.acc = [0, 1, 2, 3].map(() => new Float64Array(cw));
+  _buffers(cw, ring) {
+    if (cw !== this.cw || ring !== this.ring) {
+      this.cw = cw;
+      this.ring = ring;
+      const plane = () => [0, 1, 2, 3].map(() => new Float32Array(ring * cw));
+      this.r1 = plane(); // ring of pass-1 rows (row sums of [p, I p])
+      this.r3 = plane(); // ring of pass-3 rows (row sums of [a, b])
+      this.ab = [0, 1, 2, 3].map(() => new Float32Array(cw)); // one row of [a, b]
+      this.acc2 = [0, 1, 2, 3].map(() => new Float64Array(cw));
+      this.acc4 = [0, 1, 2, 3].map(() => new Float64Array(cw));
       this.zero = [0, 1, 2, 3].map(() => new Float32Array(cw));
     }
   }
 
   /**
-   * Filter one binary mask p (Uint8Array, H * W) of the image of ``stats`` with the crop box (from activeRegion; null:
-   * every mask constant). Returns the float32 (H * W) output: the mask itself outside the
-   * active box, the guided filter (Eqs. 6-8) inside, as GuidedFilter(..., skip_constant=True).
+   * Filter one binary mask p (Uint8Array, H * W) of the image of ``stats`` with the crop box
+   * (from activeRegion; null: every mask constant). Returns the float32 (H * W) output: the
+   * mask itself outside the active box, the guided filter (Eqs. 6-8) inside, as
+   * GuidedFilter(..., skip_constant=True).
    */
   filterMask(stats, p, box, out) {
     this.stats = stats;
-    const { h, w } = stats;
+    const { h, w, radius: r } = stats;
     out = out || new Float32Array(h * w);
     if (box === null) {
       for (let i = 0; i < h * w; i++) out[i] = p[i];
@@ -427,137 +433,131 @@ export class GuidedFilterState {
     // a crop as large as the image: the package keeps the filter's output everywhere
     const [ay0, ay1, ax0, ax1] = full ? box.c : box.a;
     if (!full) for (let i = 0; i < h * w; i++) out[i] = p[i];
-    const ch = cy1 - cy0, cw = cx1 - cx0;
-    this._buffers(ch * cw, cw);
-    this._rowsSource(p, cy0, cx0, ch, cw);
-    this._columnsCoefficients(cy0, cx0, ch, cw);
-    this._rows4(ch, cw);
-    this._columnsOutput(out, cy0, cx0, ch, cw, ay0, ay1, ax0, ax1);
+    const ch = cy1 - cy0, cw = cx1 - cx0, ring = 2 * r + 2;
+    this._buffers(cw, ring);
+    const crop = { p, cy0, cx0, ch, cw, ring, r };
+    for (const a of this.acc2) a.fill(0);
+    for (const a of this.acc4) a.fill(0);
+    const first = Math.min(r, ch - 1);
+    for (let y = 0; y <= first; y++) {
+      this._rowsSource(crop, y);
+      this._accumulate(this.acc2, this.r1, y % ring, cw);
+    }
+    const emit = (y4) => this._output(out, y4, crop, ay0, ay1, ax0 - cx0, ax1 - cx0);
+    for (let y = 0; y < ch; y++) {
+      if (y + r + 1 < ch) this._rowsSource(crop, y + r + 1);
+      this._coefficients(crop, y); // also slides acc2 to row y + 1
+      this._rows4(y % ring, cw, r);
+      if (y === first) for (let k = 0; k <= first; k++) this._accumulate(this.acc4, this.r3, k % ring, cw);
+      if (y - r - 1 >= 0) emit(y - r - 1);
+    }
+    for (let y4 = Math.max(0, ch - r - 1); y4 < ch; y4++) emit(y4);
     return out;
   }
 
-  _rowsSource(p, cy0, cx0, ch, cw) {
-    // pass 1: clipped row window sums of [p, I_r p, I_g p, I_b p] (exact: p is 0/1)
-    const { w, radius: r } = this.stats;
+  _accumulate(acc, planes, slot, cw) {
+    const o = slot * cw;
+    for (let c = 0; c < 4; c++) {
+      const a = acc[c], src = planes[c];
+      for (let x = 0; x < cw; x++) a[x] += src[o + x];
+    }
+  }
+
+  _rowsSource({ p, cy0, cx0, cw, ring, r }, y) {
+    // pass 1, one row: clipped row window sums of [p, I_r p, I_g p, I_b p] (exact: p is 0/1)
+    const { w } = this.stats;
     const [g0, g1, g2] = this.stats.guide;
-    const [o0, o1, o2, o3] = this.r;
-    for (let y = 0; y < ch; y++) {
-      const base = (cy0 + y) * w + cx0, ob = y * cw;
-      let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-      for (let x = 0, m = Math.min(r, cw - 1); x <= m; x++) {
-        const i = base + x;
+    const [o0, o1, o2, o3] = this.r1;
+    const base = (cy0 + y) * w + cx0, ob = (y % ring) * cw;
+    let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (let x = 0, m = Math.min(r, cw - 1); x <= m; x++) {
+      const i = base + x;
+      if (p[i]) { s0 += 1; s1 += g0[i]; s2 += g1[i]; s3 += g2[i]; }
+    }
+    for (let x = 0; x < cw; x++) {
+      o0[ob + x] = s0; o1[ob + x] = s1; o2[ob + x] = s2; o3[ob + x] = s3;
+      if (x + r + 1 < cw) {
+        const i = base + x + r + 1;
         if (p[i]) { s0 += 1; s1 += g0[i]; s2 += g1[i]; s3 += g2[i]; }
       }
-      for (let x = 0; x < cw; x++) {
-        o0[ob + x] = s0; o1[ob + x] = s1; o2[ob + x] = s2; o3[ob + x] = s3;
-        if (x + r + 1 < cw) {
-          const i = base + x + r + 1;
-          if (p[i]) { s0 += 1; s1 += g0[i]; s2 += g1[i]; s3 += g2[i]; }
-        }
-        if (x - r >= 0) {
-          const i = base + x - r;
-          if (p[i]) { s0 -= 1; s1 -= g0[i]; s2 -= g1[i]; s3 -= g2[i]; }
-        }
+      if (x - r >= 0) {
+        const i = base + x - r;
+        if (p[i]) { s0 -= 1; s1 -= g0[i]; s2 -= g1[i]; s3 -= g2[i]; }
       }
     }
   }
 
-  _columnsCoefficients(cy0, cx0, ch, cw) {
-    // pass 2: column sums -> a_k = (Sigma_k + eps U)^-1 n_k cov_k(I, p) / n_k (Eq. 7), b_k (Eq. 8)
-    const { w, radius: r, packed, invNh, invNw } = this.stats;
-    const [r0, r1, r2, r3] = this.r;
+  _slideRows(planes, y, ch, cw, r, ring) {
+    // the rows entering (y + r + 1) and leaving (y - r) the column windows; zero rows past the ends
+    const inAdd = y + r + 1 < ch, inSub = y - r >= 0;
+    return [inAdd ? planes : this.zero, inAdd ? ((y + r + 1) % ring) * cw : 0,
+      inSub ? planes : this.zero, inSub ? ((y - r) % ring) * cw : 0];
+  }
+
+  _coefficients({ cy0, cx0, ch, cw, ring, r }, y) {
+    // pass 2, one row: a_k = (Sigma_k + eps U)^-1 n_k cov_k(I, p) / n_k (Eq. 7), b_k (Eq. 8); then the
+    // column windows move to row y + 1: (acc + row y + r + 1) - row y - r
+    const { w, packed, invNh, invNw } = this.stats;
     const [o0, o1, o2, o3] = this.ab;
-    const [c0, c1, c2, c3] = this.acc;
-    this._initColumns(ch, cw, r);
-    for (let y = 0; y < ch; y++) {
-      const kh = invNh[cy0 + y], ob = y * cw;
-      let g = ((cy0 + y) * w + cx0) * 9;
-      const [add, sub] = this._slideRows(y, ch, cw, r);
-      const [A0, A1, A2, A3] = add.arrays, ao = add.offset;
-      const [B0, B1, B2, B3] = sub.arrays, bo = sub.offset;
-      for (let x = 0; x < cw; x++, g += 9) {
-        const s0 = c0[x], s1 = c1[x], s2 = c2[x], s3 = c3[x];
-        const mu0 = packed[g], mu1 = packed[g + 1], mu2 = packed[g + 2];
-        const d0 = s1 - mu0 * s0, d1 = s2 - mu1 * s0, d2 = s3 - mu2 * s0;
-        const i0 = packed[g + 3], i1 = packed[g + 4], i2 = packed[g + 5];
-        const i3 = packed[g + 6], i4 = packed[g + 7], i5 = packed[g + 8];
-        const a0 = i0 * d0 + i1 * d1 + i2 * d2;
-        const a1 = i1 * d0 + i3 * d1 + i4 * d2;
-        const a2 = i2 * d0 + i4 * d1 + i5 * d2;
-        o0[ob + x] = a0; o1[ob + x] = a1; o2[ob + x] = a2;
-        o3[ob + x] = s0 * kh * invNw[cx0 + x] - a0 * mu0 - a1 * mu1 - a2 * mu2;
-        // move the column windows to row y + 1 (adding or subtracting a zero row is exact)
-        c0[x] = s0 + A0[ao + x] - B0[bo + x];
-        c1[x] = s1 + A1[ao + x] - B1[bo + x];
-        c2[x] = s2 + A2[ao + x] - B2[bo + x];
-        c3[x] = s3 + A3[ao + x] - B3[bo + x];
-      }
+    const [c0, c1, c2, c3] = this.acc2;
+    const [add, ao, sub, so] = this._slideRows(this.r1, y, ch, cw, r, ring);
+    const [A0, A1, A2, A3] = add, [B0, B1, B2, B3] = sub;
+    const kh = invNh[cy0 + y];
+    let g = ((cy0 + y) * w + cx0) * 9;
+    for (let x = 0; x < cw; x++, g += 9) {
+      const s0 = c0[x], s1 = c1[x], s2 = c2[x], s3 = c3[x];
+      const mu0 = packed[g], mu1 = packed[g + 1], mu2 = packed[g + 2];
+      const d0 = s1 - mu0 * s0, d1 = s2 - mu1 * s0, d2 = s3 - mu2 * s0;
+      const i0 = packed[g + 3], i1 = packed[g + 4], i2 = packed[g + 5];
+      const i3 = packed[g + 6], i4 = packed[g + 7], i5 = packed[g + 8];
+      const a0 = i0 * d0 + i1 * d1 + i2 * d2;
+      const a1 = i1 * d0 + i3 * d1 + i4 * d2;
+      const a2 = i2 * d0 + i4 * d1 + i5 * d2;
+      o0[x] = a0; o1[x] = a1; o2[x] = a2;
+      o3[x] = s0 * kh * invNw[cx0 + x] - a0 * mu0 - a1 * mu1 - a2 * mu2;
+      c0[x] = s0 + A0[ao + x] - B0[so + x];
+      c1[x] = s1 + A1[ao + x] - B1[so + x];
+      c2[x] = s2 + A2[ao + x] - B2[so + x];
+      c3[x] = s3 + A3[ao + x] - B3[so + x];
     }
   }
 
-  _initColumns(ch, cw, r) {
-    // the column windows of row 0: sums of the rows 0..r of the pass's input (this.r)
-    const [c0, c1, c2, c3] = this.acc;
-    const [r0, r1, r2, r3] = this.r;
-    for (const a of this.acc) a.fill(0, 0, cw);
-    for (let y = 0, m = Math.min(r, ch - 1); y <= m; y++) {
-      const o = y * cw;
-      for (let x = 0; x < cw; x++) { c0[x] += r0[o + x]; c1[x] += r1[o + x]; c2[x] += r2[o + x]; c3[x] += r3[o + x]; }
-    }
-  }
-
-  _slideRows(y, ch, cw, r) {
-    // the rows entering (y + r + 1) and leaving (y - r) the column windows; a zero row if none
-    const zero = { arrays: this.zero, offset: 0 };
-    const add = y + r + 1 < ch ? { arrays: this.r, offset: (y + r + 1) * cw } : zero;
-    const sub = y - r >= 0 ? { arrays: this.r, offset: (y - r) * cw } : zero;
-    return [add, sub];
-  }
-
-  _rows4(ch, cw) {
-    // pass 3: clipped row window sums of [a, b]: s += a[x + r + 1] - a[x - r] (0 past the ends)
-    const r = this.stats.radius;
-    const noSub = Math.min(r, cw), addEnd = Math.max(cw - r - 1, 0);
+  _rows4(slot, cw, r) {
+    // pass 3, one row: clipped row window sums of [a, b]: s += a[x + r + 1] - a[x - r] (0 past the ends)
+    const noSub = Math.min(r, cw), addEnd = Math.max(cw - r - 1, 0), ob = slot * cw;
     for (let c = 0; c < 4; c++) {
-      const a = this.ab[c], o = this.r[c];
-      for (let y = 0; y < ch; y++) {
-        const ob = y * cw;
-        let s = 0;
-        for (let x = 0, m = Math.min(r, cw - 1); x <= m; x++) s += a[ob + x];
-        let x = 0;
-        for (; x < noSub && x < addEnd; x++) { o[ob + x] = s; s += a[ob + x + r + 1] - 0; }
-        for (; x < noSub; x++) { o[ob + x] = s; s += 0 - 0; }
-        for (; x < addEnd; x++) { o[ob + x] = s; s += a[ob + x + r + 1] - a[ob + x - r]; }
-        for (; x < cw; x++) { o[ob + x] = s; s += 0 - a[ob + x - r]; }
-      }
+      const a = this.ab[c], o = this.r3[c];
+      let s = 0;
+      for (let x = 0, m = Math.min(r, cw - 1); x <= m; x++) s += a[x];
+      let x = 0;
+      for (; x < noSub && x < addEnd; x++) { o[ob + x] = s; s += a[x + r + 1] - 0; }
+      for (; x < noSub; x++) { o[ob + x] = s; s += 0 - 0; }
+      for (; x < addEnd; x++) { o[ob + x] = s; s += a[x + r + 1] - a[x - r]; }
+      for (; x < cw; x++) { o[ob + x] = s; s += 0 - a[x - r]; }
     }
   }
 
-  _columnsOutput(out, cy0, cx0, ch, cw, ay0, ay1, ax0, ax1) {
-    // pass 4: column sums of [sum a, sum b] -> q = (sum(a)^T I + sum(b)) / n (Eq. 6)
-    const { w, radius: r, invNh, invNw } = this.stats;
+  _output(out, y4, { cy0, cx0, ch, cw, ring, r }, yy0, yy1, x0, x1) {
+    // pass 4, one row: q = (sum(a)^T I + sum(b)) / n (Eq. 6) inside the active box; then the column
+    // windows move to row y4 + 1
+    const { w, invNh, invNw } = this.stats;
     const [g0, g1, g2] = this.stats.guide;
-    const [c0, c1, c2, c3] = this.acc;
-    this._initColumns(ch, cw, r);
-    const xa0 = ax0 - cx0, xa1 = ax1 - cx0;
-    for (let y = 0; y < ch; y++) {
-      const yy = cy0 + y;
-      const [add, sub] = this._slideRows(y, ch, cw, r);
-      const [A0, A1, A2, A3] = add.arrays, ao = add.offset;
-      const [B0, B1, B2, B3] = sub.arrays, bo = sub.offset;
-      if (yy >= ay0 && yy < ay1) {
-        const kh = invNh[yy], gb = yy * w + cx0;
-        for (let x = xa0; x < xa1; x++) {
-          const g = gb + x;
-          out[g] = (c0[x] * g0[g] + c1[x] * g1[g] + c2[x] * g2[g] + c3[x]) * (kh * invNw[cx0 + x]);
-        }
+    const [c0, c1, c2, c3] = this.acc4;
+    const yy = cy0 + y4;
+    if (yy >= yy0 && yy < yy1) {
+      const kh = invNh[yy], gb = yy * w + cx0;
+      for (let x = x0; x < x1; x++) {
+        const g = gb + x;
+        out[g] = (c0[x] * g0[g] + c1[x] * g1[g] + c2[x] * g2[g] + c3[x]) * (kh * invNw[cx0 + x]);
       }
-      for (let x = 0; x < cw; x++) {
-        c0[x] = c0[x] + A0[ao + x] - B0[bo + x];
-        c1[x] = c1[x] + A1[ao + x] - B1[bo + x];
-        c2[x] = c2[x] + A2[ao + x] - B2[bo + x];
-        c3[x] = c3[x] + A3[ao + x] - B3[bo + x];
-      }
+    }
+    const [add, ao, sub, so] = this._slideRows(this.r3, y4, ch, cw, r, ring);
+    const [A0, A1, A2, A3] = add, [B0, B1, B2, B3] = sub;
+    for (let x = 0; x < cw; x++) {
+      c0[x] = c0[x] + A0[ao + x] - B0[so + x];
+      c1[x] = c1[x] + A1[ao + x] - B1[so + x];
+      c2[x] = c2[x] + A2[ao + x] - B2[so + x];
+      c3[x] = c3[x] + A3[ao + x] - B3[so + x];
     }
   }
 }

@@ -11,13 +11,9 @@ outputs when one is cached, every control changes the canvas, and the degrade pa
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
-import http.server
 import os
 import shutil
-import socketserver
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -34,51 +30,19 @@ CLASSES = (6, 11, 14)  # bus, dog, person channels: three classes whose maps ove
 
 # ---------------------------------------------------------------------------------- inputs
 
-def _blobs(h, w, centres, sigma):
-    y, x = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
-    return torch.stack([torch.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * (sigma * s) ** 2)) * a
-                        for cy, cx, s, a in centres])
-
-
-def synthetic_image(item, seed=0) -> live.LiveImage:
-    """A real VOC image with smooth synthetic class maps (stride 16) and features (stride 4)."""
-    g = torch.Generator().manual_seed(seed)
-    image = item["image"]
-    h, w = image.shape[-2:]
-    ch, cw = -(-h // 16), -(-w // 16)
-    cam = torch.randn(20, ch, cw, generator=g) * 0.05
-    cam[list(CLASSES)] += _blobs(ch, cw, [(ch * 0.45, cw * 0.4, 1.0, 2.0), (ch * 0.55, cw * 0.6, 1.3, 1.5),
-                                          (ch * 0.5, cw * 0.5, 0.8, 1.8)], sigma=ch / 5)
-    labels = torch.zeros(20)
-    labels[list(CLASSES)] = 1
-    small = torch.nn.functional.interpolate(image[None], size=(-(-h // 4), -(-w // 4)), mode="bilinear",
-                                            align_corners=False, antialias=True)[0]
-    mix = torch.randn(3, 3, generator=g)
-    feat = torch.einsum("ck,khw->chw", mix, small) * 3 + 0.02 * torch.randn(small.shape, generator=g)
-    return live.LiveImage(item["id"], image, cam, labels, feat, item.get("mask"))
-
-
 @pytest.fixture(scope="module")
 def images(voc_small_dataset):
-    return [synthetic_image(voc_small_dataset[i], seed=i) for i in range(2)]
+    return [live.demo_image(voc_small_dataset[i], CLASSES, seed=i) for i in range(2)]
 
 
 # ----------------------------------------------------------------------------------- pages
-
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A local HTTP server (module workers do not load from file://) over a temporary folder."""
     root = tmp_path_factory.mktemp("live-pages")
-    srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root)))
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield root, f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
+    with live.serve(root) as url:
+        yield root, url
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +73,7 @@ def open_page(browser, server, name, figure, *, book_page=True, extra_html="", i
 
 @pytest.fixture(scope="module")
 def figure(images):
-    return live.live_figure(images, config=CONFIG, static=True)
+    return live.live_figure(images, config=CONFIG, defaults={"stage": "G"}, static=True)
 
 
 @pytest.fixture(scope="module")
@@ -288,15 +252,36 @@ def test_static_book_hides_kernel_only_outputs(browser, server, figure):
 
 # ------------------------------------------------------------------------------- degrading
 
+def assert_static(browser, server, name, figure, words, init_script=None):
+    """The page keeps the static figure and its note says why (``words`` in it)."""
+    p = open_page(browser, server, name, figure, init_script=init_script, wait="failed")
+    try:
+        assert p.is_visible(".sgwsss-live-static") and not p.is_visible("[data-sgwsss-live-canvas]")
+        assert words in p.inner_text(".sgwsss-live-note")
+    finally:
+        p.close()
+
+
 @needs_browser
 def test_without_the_module_the_static_figure_stays(browser, server, figure):
     broken = live.LiveFigure(figure.payload, figure.static_jpeg, "./_static/missing.js")
-    p = open_page(browser, server, "no-module", broken, wait="failed")
-    try:
-        assert p.is_visible(".sgwsss-live-static")
-        assert "could not load" in p.inner_text(".sgwsss-live-note")
-    finally:
-        p.close()
+    assert_static(browser, server, "no-module", broken, "could not load")
+
+
+@needs_browser
+def test_missing_browser_feature_keeps_the_static_figure(browser, server, figure):
+    assert_static(browser, server, "no-bitmap", figure, "createImageBitmap", "delete window.createImageBitmap;")
+
+
+@needs_browser
+def test_altered_pixels_are_refused(browser, server, figure):
+    """A browser that perturbs canvas read-backs (privacy protection) must not show wrong numbers."""
+    farble = """
+    const orig = CanvasRenderingContext2D.prototype.getImageData;
+    CanvasRenderingContext2D.prototype.getImageData = function (...a) {
+      const d = orig.apply(this, a); d.data[0] ^= 1; return d;
+    };"""
+    assert_static(browser, server, "farbled", figure, "altered", farble)
 
 
 @needs_browser
@@ -312,31 +297,6 @@ def test_outside_the_book_the_static_figure_says_where_it_runs(browser, server, 
         p.goto(f"{url}/notebook/index.html")
         p.wait_for_function("document.querySelector('.sgwsss-live-note').textContent.includes('rendered book')")
         assert p.is_visible(".sgwsss-live-static") and p.is_visible("#widgets")
-    finally:
-        p.close()
-
-
-@needs_browser
-def test_missing_browser_feature_keeps_the_static_figure(browser, server, figure):
-    p = open_page(browser, server, "no-bitmap", figure, init_script="delete window.createImageBitmap;", wait="failed")
-    try:
-        assert p.is_visible(".sgwsss-live-static")
-        assert "createImageBitmap" in p.inner_text(".sgwsss-live-note")
-    finally:
-        p.close()
-
-
-@needs_browser
-def test_altered_pixels_are_refused(browser, server, figure):
-    """A browser that perturbs canvas read-backs (privacy protection) must not show wrong numbers."""
-    farble = """
-    const orig = CanvasRenderingContext2D.prototype.getImageData;
-    CanvasRenderingContext2D.prototype.getImageData = function (...a) {
-      const d = orig.apply(this, a); d.data[0] ^= 1; return d;
-    };"""
-    p = open_page(browser, server, "farbled", figure, init_script=farble, wait="failed")
-    try:
-        assert "altered" in p.inner_text(".sgwsss-live-note") and p.is_visible(".sgwsss-live-static")
     finally:
         p.close()
 

@@ -24,6 +24,7 @@ kernel they stay. :func:`stage_maps` is the Python computation the browser repro
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import json
@@ -36,7 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 
 __all__ = ["LiveImage", "LiveFigure", "live_figure", "as_live_image", "stage_maps", "image_payload",
-           "fnv1a", "MODULE_FILES", "CONTROLS", "write_page"]
+           "fnv1a", "MODULE_FILES", "CONTROLS", "write_page", "serve", "demo_image"]
 
 #: The files of the browser module, in the repository's ``_static/`` (served with the book).
 MODULE_FILES = ("sgwsss_live.js", "sgwsss_live_core.js", "sgwsss_live_worker.js")
@@ -406,3 +407,48 @@ def write_page(folder, figure: LiveFigure, *, book_page: bool = True, name: str 
     out = folder / name
     out.write_text(page, encoding="utf-8")
     return out
+
+
+@contextlib.contextmanager
+def serve(folder):
+    """Serve ``folder`` over HTTP on localhost (module workers do not load from file://); yields the base URL."""
+    import functools
+    import http.server
+    import socketserver
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def demo_image(item, classes: Sequence[int] = (6, 11, 14), seed: int = 0) -> LiveImage:
+    """A real VOC image (a ``VOCSegmentation`` item) with smooth synthetic maps of ``classes``
+    (overlapping Gaussian blobs at stride 16) and synthetic features (stride 4): inputs for tests and
+    benchmarks that need no trained network."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    image = item["image"]
+    h, w = image.shape[-2:]
+    ch, cw = -(-h // 16), -(-w // 16)
+    y, x = torch.meshgrid(torch.arange(ch, dtype=torch.float32), torch.arange(cw, dtype=torch.float32), indexing="ij")
+    cam = torch.randn(20, ch, cw, generator=g) * 0.05
+    spots = [(0.45, 0.4, 1.0, 2.0), (0.55, 0.6, 1.3, 1.5), (0.5, 0.5, 0.8, 1.8), (0.3, 0.7, 0.9, 1.6)]
+    for c, (fy, fx, s, a) in zip(classes, spots * (1 + len(classes) // len(spots))):
+        cam[c] += a * torch.exp(-((y - ch * fy) ** 2 + (x - cw * fx) ** 2) / (2 * (s * ch / 5) ** 2))
+    labels = torch.zeros(20)
+    labels[list(classes)] = 1
+    small = torch.nn.functional.interpolate(image[None], size=(-(-h // 4), -(-w // 4)), mode="bilinear",
+                                            align_corners=False, antialias=True)[0]
+    mix = torch.randn(3, 3, generator=g)
+    feat = torch.einsum("ck,khw->chw", mix, small) * 3 + 0.02 * torch.randn(small.shape, generator=g)
+    return LiveImage(str(item["id"]), image, cam, labels, feat, item.get("mask"))
