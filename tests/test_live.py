@@ -215,7 +215,7 @@ def test_every_control_changes_the_figure(browser, server, figure):
     """Moving each control (as a reader does, through the DOM) redraws the canvas differently."""
     p = open_page(browser, server, "controls", figure)
     try:
-        moves = [("stage", "G"), ("radius", "9"), ("eps", "-3"), ("iterations", "4"), ("thresholdMode", "manual"),
+        moves = [("stage", "G-iter15"), ("radius", "9"), ("eps", "-3"), ("iterations", "4"), ("thresholdMode", "manual"),
                  ("threshold", "0.3"), ("beta", "0.3"), ("steps", "4"), ("class", "1"), ("image", "1"),
                  ("stage", "A"), ("iterations", "2")]
         for name, value in moves:

@@ -3,9 +3,10 @@
 :func:`live_figure` embeds, for a few training images, only what a browser cannot compute
 (the RGB pixels, losslessly; the network's low-resolution maps of the present classes;
 the aggregation features on the affinity grid; optionally the ground truth) and returns an
-HTML display object. On the rendered book page the module ``_static/sgwsss_live.js``
-(with ``sgwsss_live_core.js`` and ``sgwsss_live_worker.js``, plain ES modules served by
-Sphinx from ``html_static_path``) reproduces the package's operators -- Otsu's threshold,
+HTML display object. On the rendered book page the module ``_static/sgwsss_live.mjs``
+(with ``sgwsss_live_core.mjs`` and ``sgwsss_live_worker.mjs``, plain ES modules served by
+Sphinx from ``html_static_path``; ``.mjs`` because Jupyter Book adds every ``_static/**/*.js``
+to each page as a classic script) reproduces the package's operators -- Otsu's threshold,
 the colour guided filter (Eqs. 6-8) and its iterations, the affinity random walk
 (Eqs. 2, 3, 5), Eq. 11 -- and redraws the figure when a control moves. Where the module
 cannot run (Jupyter, Colab, a browser without the features) a static figure of the default
@@ -40,7 +41,7 @@ __all__ = ["LiveImage", "LiveFigure", "live_figure", "as_live_image", "stage_map
            "fnv1a", "MODULE_FILES", "CONTROLS", "write_page", "serve", "demo_image"]
 
 #: The files of the browser module, in the repository's ``_static/`` (served with the book).
-MODULE_FILES = ("sgwsss_live.js", "sgwsss_live_core.js", "sgwsss_live_worker.js")
+MODULE_FILES = ("sgwsss_live.mjs", "sgwsss_live_core.mjs", "sgwsss_live_worker.mjs")
 #: Control names accepted by ``live_figure(controls=...)``.
 CONTROLS = ("image", "class", "stage", "beta", "steps", "threshold", "radius", "eps", "iterations")
 _VERSION = 1
@@ -270,7 +271,7 @@ _BOOTSTRAP = """
 const root = document.getElementById(%(uid)s);
 const note = root.querySelector(".sgwsss-live-note");
 const book = !!document.documentElement.dataset.content_root;
-const url = %(url)s || (book ? document.documentElement.dataset.content_root + "_static/sgwsss_live.js" : "");
+const url = %(url)s || (book ? document.documentElement.dataset.content_root + "_static/sgwsss_live.mjs" : "");
 const hideKernelOnly = () => {
   for (const n of document.querySelectorAll(".tag_sgwsss-kernel-only .cell_output, [data-sgwsss-kernel-only]")) {
     if (n.dataset.sgwsssHidden) continue;
@@ -400,7 +401,7 @@ def write_page(folder, figure: LiveFigure, *, book_page: bool = True, name: str 
         shutil.copyfile(module_dir() / f, folder / "_static" / f)
     root = ' data-content_root="./"' if book_page else ""
     if figure.module_url is None and not book_page:
-        figure = LiveFigure(figure.payload, figure.static_jpeg, "./_static/sgwsss_live.js")
+        figure = LiveFigure(figure.payload, figure.static_jpeg, "./_static/sgwsss_live.mjs")
     page = (f'<!DOCTYPE html><html lang="en"{root}><head><meta charset="utf-8"><title>sgwsss live</title></head>'
             f'<body style="max-width:1200px;margin:1em auto;font-family:sans-serif">{extra_html}'
             f'{figure.html}</body></html>')

@@ -631,9 +631,14 @@ export class ImageEngine {
       return g;
     });
     this.normalized = d.classes.map((_, j) => normalizeMap(d.cam.subarray(j * d.ch * d.cw, (j + 1) * d.ch * d.cw)));
+    this.trim();
+  }
+
+  /** Drop everything derived (recomputed on demand); the image's own data stays. */
+  trim() {
     this.sources = new LRU(6);
     this.statsCache = new LRU(2);
-    this.runs = new LRU(4);
+    this.runs = new LRU(4); // each holds up to 15 iterations per class (0.75 MB each for 500 x 375)
     this.dist = null;
     this.T = new LRU(2);
     this.gf = new GuidedFilterState();
@@ -710,7 +715,7 @@ export class ImageEngine {
 // ------------------------------------------------------------------- the worker protocol
 
 /**
- * Requests a worker (sgwsss_live_worker.js) or the page itself answers; ``engines`` maps an
+ * Requests a worker (sgwsss_live_worker.mjs) or the page itself answers; ``engines`` maps an
  * image key to its ImageEngine. Returns {reply, transfer}.
  *   {op: "image", image, data}                          store an image's data
  *   {op: "mask", image, job, slots, t}                  binarise Q^t -> changed rows / cols
@@ -725,6 +730,12 @@ export function handleMessage(engines, msg) {
   }
   const engine = engines.get(msg.image);
   if (!engine) throw new Error(`no data for image ${msg.image}`);
+  if (engines.recent !== msg.image) {
+    // keep the derived arrays (tens of MB) of the two most recent images only
+    engines.previous = engines.recent;
+    engines.recent = msg.image;
+    for (const [key, e] of engines) if (key !== engines.recent && key !== engines.previous) e.trim();
+  }
   const run = msg.job.iterations === 0 ? null : engine.run(msg.job, msg.slots);
   if (msg.op === "status") return { reply: { done: run ? run.q[0].length : 0 } };
   if (msg.op === "mask") return rowsColsReply(engine.maskStep(run, msg.t));

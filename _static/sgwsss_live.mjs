@@ -6,14 +6,14 @@
 // static figure stays and the note says why. On the static book page this module also
 // hides the outputs of cells tagged "sgwsss-kernel-only" (ipywidgets that need a kernel).
 //
-// The numbers come from sgwsss_live_core.js (the Python operators, step for step), run in
+// The numbers come from sgwsss_live_core.mjs (the Python operators, step for step), run in
 // up to two module Web Workers (the present classes split between them; they agree on the
 // skip_constant crop of each iteration), or on the page when workers are unavailable.
 //
 // For tests and benchmarks: window.sgwsssLive = {figures, compute(opts), computeEncoded(opts),
 // ready}; a figure has set(values) -> Promise (after the redraw), state(), timing.
 
-import * as core from "./sgwsss_live_core.js";
+import * as core from "./sgwsss_live_core.mjs";
 
 const VERSION = 1;
 const KERNEL_ONLY = ".tag_sgwsss-kernel-only .cell_output, [data-sgwsss-kernel-only]";
@@ -112,7 +112,7 @@ function pool() {
     try {
       const links = [];
       for (let i = 0; i < n; i++) {
-        const link = new WorkerLink(new Worker(new URL("./sgwsss_live_worker.js", import.meta.url), { type: "module" }));
+        const link = new WorkerLink(new Worker(new URL("./sgwsss_live_worker.mjs", import.meta.url), { type: "module" }));
         links.push(link);
       }
       const ping = { op: "status", image: "-", job: { iterations: 0 }, slots: [] };

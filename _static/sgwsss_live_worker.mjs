@@ -1,5 +1,5 @@
 // sgwsss live refinement: a Web Worker (module) that answers sgwsss_live_core.handleMessage requests.
-import { handleMessage } from "./sgwsss_live_core.js";
+import { handleMessage } from "./sgwsss_live_core.mjs";
 
 const engines = new Map();
 self.onmessage = (event) => {
