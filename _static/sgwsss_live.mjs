@@ -108,21 +108,22 @@ function pool() {
   if (poolPromise) return poolPromise;
   poolPromise = (async () => {
     const n = Math.max(1, Math.min(2, navigator.hardwareConcurrency || 2));
-    if (typeof Worker === "undefined" || globalThis.sgwsssLiveNoWorkers) return { links: [new InPage()], why: "no Web Workers" };
+    const inPage = async (why) => {
+      const link = new InPage();
+      return { links: [link], why, simd: (await link.request({ op: "hello" })).simd };
+    };
+    if (typeof Worker === "undefined" || globalThis.sgwsssLiveNoWorkers) return inPage("no Web Workers");
     try {
       const links = [];
       for (let i = 0; i < n; i++) {
         const link = new WorkerLink(new Worker(new URL("./sgwsss_live_worker.mjs", import.meta.url), { type: "module" }));
         links.push(link);
       }
-      const ping = { op: "status", image: "-", job: { iterations: 0 }, slots: [] };
-      await Promise.all(links.map((l) => Promise.race([
-        l.request(ping).catch((e) => { if (!String(e).includes("no data")) throw e; }),
-        new Promise((_, reject) => setTimeout(() => reject(new Error("worker start timed out")), 8000)),
-      ])));
-      return { links, why: "" };
+      const replies = await Promise.all(links.map((l) => Promise.race([l.request({ op: "hello" }),
+        new Promise((_, reject) => setTimeout(() => reject(new Error("worker start timed out")), 8000))])));
+      return { links, why: "", simd: replies.every((r) => r.simd) };
     } catch (err) {
-      return { links: [new InPage()], why: `module workers unavailable (${err.message || err})` };
+      return inPage(`module workers unavailable (${err.message || err})`);
     }
   })();
   return poolPromise;
@@ -363,6 +364,7 @@ class Figure {
       iterations: d.iterations !== undefined ? d.iterations : Math.max(1, core.STAGE_ITERATIONS[d.stage || "G-iter15"]),
     };
     this.generation = 0;
+    this.simd = true;
     this.token = 0;
     this.timing = null;
     this.busy = null;
@@ -505,6 +507,7 @@ class Figure {
       const dec = await img.decode();
       const slot = Math.min(this.values.class, res.maps.length - 1);
       drawPanels(this.ctx, dec, res, slot, this.p.palette, 6);
+      this.last = res;
       this.drawText(img.spec, settings, res, slot);
       await new Promise((r) => requestAnimationFrame(() => r()));
       if (token !== this.token) return;
@@ -538,7 +541,7 @@ class Figure {
       parts.push(s.threshold === null ? "Otsu thresholds" : `threshold ${s.threshold}`);
     }
     parts.push(`label thresholds ${res.thresholds.map((t) => t.toFixed(3)).join(", ")}`);
-    parts.push(`computed in your browser in ${res.ms.toFixed(0)} ms`);
+    parts.push(`computed in your browser in ${res.ms.toFixed(0)} ms${this.simd ? "" : " (without WebAssembly SIMD)"}`);
     this.status.textContent = parts.join(" · ");
   }
 
@@ -604,7 +607,9 @@ export async function mount(root) {
     await fig.update();
     if (img) img.style.display = "none";
     fig.ui.style.display = "";
-    const { why } = await pool();
+    const { why, simd } = await pool();
+    fig.simd = simd;
+    fig.drawText(fig.images[fig.values.image].spec, fig.settings(), fig.last, Math.min(fig.values.class, fig.last.maps.length - 1));
     if (note) note.textContent = why ? `Live figure (computed on this page: ${why}).` : "";
     api.figures.push(fig);
     return fig;

@@ -19,6 +19,8 @@
 // fused kernels do (sgwsss/refine/_cpu_kernels.py), so eps = 1e-6 stays accurate. Where
 // the package rounds to float32, Math.fround rounds here.
 
+import { createKernels } from "./sgwsss_live_wasm.mjs";
+
 const f32 = Math.fround;
 
 // ------------------------------------------------------------------------------------ Otsu
@@ -52,15 +54,15 @@ export function otsuThreshold(x, nbins = 256) {
 
 function histogram(x, lo, scale, edges, nbins) {
   // the package's bin rule: an estimate within one bin, fixed up against the edges
-  const counts = new Float64Array(nbins);
+  const counts = new Int32Array(nbins);
   const last = nbins - 1;
   for (let i = 0, n = x.length; i < n; i++) {
     const v = x[i];
     let t = Math.trunc((v - lo) * scale); // an estimate within one bin of numpy's
-    t = t < 0 ? 0 : t > last ? last : t;
+    if (t > last) t = last;
     if (v < edges[t]) t -= 1;
-    if (t < last && v >= edges[t + 1]) t += 1;
-    counts[t] += 1;
+    else if (t < last && v >= edges[t + 1]) t += 1;
+    counts[t]++;
   }
   return counts;
 }
@@ -109,6 +111,31 @@ export function binarize(map, threshold, out) {
   const n = map.length;
   out = out || new Uint8Array(n);
   for (let i = 0; i < n; i++) out[i] = map[i] > t ? 1 : 0;
+  return out;
+}
+
+/**
+ * binarize() of an (h, w) map, marking in ``rows`` / ``cols`` where the mask differs from a
+ * 4-neighbour (what changedRowsCols reports, computed in the same pass).
+ */
+export function binarizeChanges(map, threshold, h, w, out, rows, cols) {
+  const t = f32(threshold);
+  for (let x = 0; x < w; x++) {
+    const v = map[x] > t ? 1 : 0;
+    out[x] = v;
+    if (x > 0 && out[x - 1] !== v) { rows[0] = 1; cols[x - 1] = 1; cols[x] = 1; }
+  }
+  for (let y = 1; y < h; y++) {
+    const o = y * w;
+    let changed = 0;
+    for (let x = 0; x < w; x++) {
+      const i = o + x, v = map[i] > t ? 1 : 0;
+      out[i] = v;
+      if (x > 0 && out[i - 1] !== v) { changed = 1; cols[x - 1] = 1; cols[x] = 1; }
+      if (out[i - w] !== v) { rows[y - 1] = 1; changed = 1; cols[x] = 1; }
+    }
+    if (changed) rows[y] = 1;
+  }
   return out;
 }
 
@@ -284,7 +311,7 @@ function windowLengths(length, r) {
 /**
  * The guide's window means and inverse regularised covariances (Eq. 7), computed in float64
  * exactly as the package's kernel does (sgwsss.refine._cpu_kernels.guide_stats), then
- * stored as the per-map kernel uses them, in float32: ``packed`` holds 9 values per pixel,
+ * stored as the per-map kernel uses them, in float32: ``planes`` holds 9 (H * W) planes,
  * the mean mu_k (3) and (Sigma_k + eps U)^-1 / n_k (6, packed 00 01 02 11 12 22).
  * @param {Float32Array[]} guide  three (H * W) planes, values u8 / 255 in float32
  */
@@ -292,7 +319,8 @@ export function guideStatistics(guide, h, w, radius, eps) {
   const r = radius, hw = h * w;
   const rows = guideRowSums(guide, h, w, r);
   const invNh = windowLengths(h, r), invNw = windowLengths(w, r);
-  const packed = new Float32Array(9 * hw); // per pixel: mean (3), inverse / n (6), for the per-map passes
+  const planes = Array.from({ length: 9 }, () => new Float32Array(hw)); // mean (3), inverse / n (6)
+  const [P0, P1, P2, P3, P4, P5, P6, P7, P8] = planes;
   const acc = new Float64Array(9 * w); // column window sums, 9 per column
   for (let y = 0, m = Math.min(r, h - 1); y <= m; y++) {
     const o = y * w * 9;
@@ -311,17 +339,17 @@ export function guideStatistics(guide, h, w, radius, eps) {
       const c11 = s00 * s22 - s02 * s02, c12 = s01 * s02 - s00 * s12, c22 = s00 * s11 - s01 * s01;
       const det = s00 * c00 + s01 * c01 + s02 * c02;
       const count = nh * (Math.min(x + r, w - 1) - Math.max(x - r, 0) + 1);
-      const q = 9 * (y * w + x);
-      packed[q] = m0; packed[q + 1] = m1; packed[q + 2] = m2;
-      packed[q + 3] = c00 / det / count; packed[q + 4] = c01 / det / count; packed[q + 5] = c02 / det / count;
-      packed[q + 6] = c11 / det / count; packed[q + 7] = c12 / det / count; packed[q + 8] = c22 / det / count;
+      const q = y * w + x;
+      P0[q] = m0; P1[q] = m1; P2[q] = m2;
+      P3[q] = c00 / det / count; P4[q] = c01 / det / count; P5[q] = c02 / det / count;
+      P6[q] = c11 / det / count; P7[q] = c12 / det / count; P8[q] = c22 / det / count;
     }
     // move the windows down one row: add row y + r + 1, then subtract row y - r (zero rows past the ends)
     const add = y + r + 1 < h ? rows : zero, ao = y + r + 1 < h ? (y + r + 1) * w * 9 : 0;
     const sub = y - r >= 0 ? rows : zero, so = y - r >= 0 ? (y - r) * w * 9 : 0;
     for (let x = 0; x < 9 * w; x++) acc[x] = acc[x] + add[ao + x] - sub[so + x];
   }
-  return { h, w, radius: r, eps, guide, packed, invNh, invNw };
+  return { h, w, radius: r, eps, guide, planes, invNh, invNw };
 }
 
 function guideRowSums(guide, h, w, r) {
@@ -392,67 +420,103 @@ export function activeRegion(rows, cols, h, w, radius) {
  * masks on a crop of the image, with the same arithmetic in the same order: (1) row window
  * sums of [p, I p], (2) their column sums -> a_k, b_k (Eqs. 7-8), (3) row window sums of
  * [a, b], (4) their column sums -> q (Eq. 6); sums in float64, stored in float32. The four
- * passes stream through two ring buffers of 2r + 2 rows, so the working set stays in cache.
+ * passes stream through two ring buffers of 2r + 2 rows (plus a zero row), so the working
+ * set stays in cache. Passes 2 and 4 run as WebAssembly SIMD kernels where the browser has
+ * them (sgwsss_live_wasm.mjs: the same operations, the same bits), else in JS.
  */
 export class GuidedFilterState {
-  constructor() {
+  /** @param kernels  createKernels() of sgwsss_live_wasm.mjs, or null for the JS passes */
+  constructor(kernels = null) {
+    this.k = kernels;
     this.stats = null;
-    this.cw = -1;
+    this.layoutKey = "";
   }
 
-  _buffers(cw, ring) {
-    if (cw !== this.cw || ring !== this.ring) {
-      this.cw = cw;
-      this.ring = ring;
-      const plane = () => [0, 1, 2, 3].map(() => new Float32Array(ring * cw));
-      this.r1 = plane(); // ring of pass-1 rows (row sums of [p, I p])
-      this.r3 = plane(); // ring of pass-3 rows (row sums of [a, b])
-      this.ab = [0, 1, 2, 3].map(() => new Float32Array(cw)); // one row of [a, b]
-      this.acc2 = [0, 1, 2, 3].map(() => new Float64Array(cw));
-      this.acc4 = [0, 1, 2, 3].map(() => new Float64Array(cw));
-      this.zero = [0, 1, 2, 3].map(() => new Float32Array(cw));
+  _layout(stats) {
+    // one buffer (the kernels' memory, or an ArrayBuffer) holding the image's guide and statistics and the
+    // scratch rows; byte offsets in this.o, typed views in this.v
+    const { h, w, radius } = stats;
+    const r = Math.max(radius, MAX_RADIUS); // sized for every radius the controls offer: a radius change copies only
+    const n = h * w, wp = w + 2, rows = 2 * r + 3; // ring rows + an always-zero row
+    this.ring = 2 * radius + 2;
+    const key = `${h}x${w}r${r}`;
+    if (key !== this.layoutKey) {
+      // ab rows and mask rows have r + 1 zeros on both sides; the guide has 512 spare bytes on both sides
+      const pad = r + 1, abw = wp + 2 * pad;
+      const sizes = { pre: 512, guide: 3 * n * 4 + 512, planes: 9 * n * 4 + 16, nw: wp * 8, out: n * 4 + 16,
+        r1: 4 * rows * wp * 4, r3: 4 * rows * wp * 4, ab: 4 * abw * 4, acc2: 4 * wp * 8, acc4: 4 * wp * 8, prow: abw + 16 };
+      const o = {};
+      let total = 0;
+      for (const [name, bytes] of Object.entries(sizes)) { o[name] = total; total += Math.ceil(bytes / 64) * 64; }
+      let buffer;
+      if (this.k) {
+        const have = this.k.memory.buffer.byteLength;
+        if (total > have) this.k.memory.grow(Math.ceil((total - have) / 65536));
+        buffer = this.k.memory.buffer;
+      } else {
+        buffer = new ArrayBuffer(total);
+      }
+      const planes = (off, count, len, stride = len, T = Float32Array) =>
+        Array.from({ length: count }, (_, c) => new T(buffer, off + c * stride * T.BYTES_PER_ELEMENT, len));
+      new Uint8Array(buffer, 0, total).fill(0);
+      this.v = {
+        guide: planes(o.guide, 3, n), planes: planes(o.planes, 9, n), nw: new Float64Array(buffer, o.nw, wp),
+        out: new Float32Array(buffer, o.out, n), r1: planes(o.r1, 4, rows * wp), r3: planes(o.r3, 4, rows * wp),
+        ab: planes(o.ab + 4 * pad, 4, wp, abw), acc2: planes(o.acc2, 4, wp, wp, Float64Array),
+        acc4: planes(o.acc4, 4, wp, wp, Float64Array), prow: new Uint8Array(buffer, o.prow + pad, wp),
+      };
+      Object.assign(this, { o, n, wp, rows, pad, abw, layoutKey: key, stats: null });
+    }
+    if (stats !== this.stats) {
+      stats.guide.forEach((g, c) => this.v.guide[c].set(g));
+      stats.planes.forEach((g, c) => this.v.planes[c].set(g));
+      this.v.nw.set(stats.invNw);
+      this.stats = stats;
     }
   }
 
   /**
    * Filter one binary mask p (Uint8Array, H * W) of the image of ``stats`` with the crop box
-   * (from activeRegion; null: every mask constant). Returns the float32 (H * W) output: the
+   * (from activeRegion; null: every mask constant). Returns a new float32 (H * W) output: the
    * mask itself outside the active box, the guided filter (Eqs. 6-8) inside, as
    * GuidedFilter(..., skip_constant=True).
    */
-  filterMask(stats, p, box, out) {
-    this.stats = stats;
+  filterMask(stats, p, box) {
     const { h, w, radius: r } = stats;
-    out = out || new Float32Array(h * w);
-    if (box === null) {
-      for (let i = 0; i < h * w; i++) out[i] = p[i];
-      return out;
-    }
+    if (box === null) return Float32Array.from(p);
+    this._layout(stats);
+    const out = this.v.out;
     const [cy0, cy1, cx0, cx1] = box.c;
     const full = cy0 === 0 && cy1 === h && cx0 === 0 && cx1 === w;
     // a crop as large as the image: the package keeps the filter's output everywhere
     const [ay0, ay1, ax0, ax1] = full ? box.c : box.a;
     if (!full) for (let i = 0; i < h * w; i++) out[i] = p[i];
-    const ch = cy1 - cy0, cw = cx1 - cx0, ring = 2 * r + 2;
-    this._buffers(cw, ring);
+    const ch = cy1 - cy0, cw = cx1 - cx0, ring = this.ring;
     const crop = { p, cy0, cx0, ch, cw, ring, r };
-    for (const a of this.acc2) a.fill(0);
-    for (const a of this.acc4) a.fill(0);
+    for (const a of [...this.v.acc2, ...this.v.acc4]) a.fill(0);
+    for (const planes of [this.v.r1, this.v.r3]) for (const a of planes) a.fill(0, ring * cw, ring * cw + cw + 2);
+    this._zeroMargins(cw);
     const first = Math.min(r, ch - 1);
     for (let y = 0; y <= first; y++) {
       this._rowsSource(crop, y);
-      this._accumulate(this.acc2, this.r1, y % ring, cw);
+      this._accumulate(this.v.acc2, this.v.r1, y % ring, cw);
     }
-    const emit = (y4) => this._output(out, y4, crop, ay0, ay1, ax0 - cx0, ax1 - cx0);
     for (let y = 0; y < ch; y++) {
       if (y + r + 1 < ch) this._rowsSource(crop, y + r + 1);
-      this._coefficients(crop, y); // also slides acc2 to row y + 1
+      this._coefficients(crop, y); // also slides the column windows to row y + 1
       this._rows4(y % ring, cw, r);
-      if (y === first) for (let k = 0; k <= first; k++) this._accumulate(this.acc4, this.r3, k % ring, cw);
-      if (y - r - 1 >= 0) emit(y - r - 1);
+      if (y === first) for (let k = 0; k <= first; k++) this._accumulate(this.v.acc4, this.v.r3, k % ring, cw);
+      if (y - r - 1 >= 0) this._output(y - r - 1, crop, ay0, ay1, ax0 - cx0, ax1 - cx0);
     }
-    for (let y4 = Math.max(0, ch - r - 1); y4 < ch; y4++) emit(y4);
-    return out;
+    for (let y4 = Math.max(0, ch - r - 1); y4 < ch; y4++) this._output(y4, crop, ay0, ay1, ax0 - cx0, ax1 - cx0);
+    return Float32Array.from(out);
+  }
+
+  _zeroMargins(cw) {
+    // the r + 1 values right of the crop's width in the mask row and the ab rows (earlier crops were wider)
+    const { buffer } = this.v.prow;
+    new Uint8Array(buffer, this.o.prow + this.pad + cw, this.pad + 1).fill(0);
+    for (let c = 0; c < 4; c++) new Float32Array(buffer, this.o.ab + 4 * (c * this.abw + this.pad + cw), this.pad + 1).fill(0);
   }
 
   _accumulate(acc, planes, slot, cw) {
@@ -463,11 +527,22 @@ export class GuidedFilterState {
     }
   }
 
+  _slideRows(y, ch, cw, r, ring) {
+    // ring slots of the rows entering (y + r + 1) and leaving (y - r) the column windows; the zero row past the ends
+    return [y + r + 1 < ch ? ((y + r + 1) % ring) * cw : ring * cw, y - r >= 0 ? ((y - r) % ring) * cw : ring * cw];
+  }
+
   _rowsSource({ p, cy0, cx0, cw, ring, r }, y) {
     // pass 1, one row: clipped row window sums of [p, I_r p, I_g p, I_b p] (exact: p is 0/1)
     const { w } = this.stats;
+    if (this.k) {
+      const o = this.o, base = (cy0 + y) * w + cx0;
+      this.v.prow.set(p.subarray(base, base + cw));
+      this.k.rows1(cw, o.prow + this.pad, o.guide + 4 * base, 4 * this.n, o.r1 + 4 * (y % ring) * cw, 4 * this.rows * this.wp, r);
+      return;
+    }
     const [g0, g1, g2] = this.stats.guide;
-    const [o0, o1, o2, o3] = this.r1;
+    const [o0, o1, o2, o3] = this.v.r1;
     const base = (cy0 + y) * w + cx0, ob = (y % ring) * cw;
     let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
     for (let x = 0, m = Math.min(r, cw - 1); x <= m; x++) {
@@ -487,46 +562,51 @@ export class GuidedFilterState {
     }
   }
 
-  _slideRows(planes, y, ch, cw, r, ring) {
-    // the rows entering (y + r + 1) and leaving (y - r) the column windows; zero rows past the ends
-    const inAdd = y + r + 1 < ch, inSub = y - r >= 0;
-    return [inAdd ? planes : this.zero, inAdd ? ((y + r + 1) % ring) * cw : 0,
-      inSub ? planes : this.zero, inSub ? ((y - r) % ring) * cw : 0];
-  }
-
   _coefficients({ cy0, cx0, ch, cw, ring, r }, y) {
     // pass 2, one row: a_k = (Sigma_k + eps U)^-1 n_k cov_k(I, p) / n_k (Eq. 7), b_k (Eq. 8); then the
     // column windows move to row y + 1: (acc + row y + r + 1) - row y - r
-    const { w, packed, invNh, invNw } = this.stats;
-    const [o0, o1, o2, o3] = this.ab;
-    const [c0, c1, c2, c3] = this.acc2;
-    const [add, ao, sub, so] = this._slideRows(this.r1, y, ch, cw, r, ring);
-    const [A0, A1, A2, A3] = add, [B0, B1, B2, B3] = sub;
-    const kh = invNh[cy0 + y];
-    let g = ((cy0 + y) * w + cx0) * 9;
-    for (let x = 0; x < cw; x++, g += 9) {
-      const s0 = c0[x], s1 = c1[x], s2 = c2[x], s3 = c3[x];
-      const mu0 = packed[g], mu1 = packed[g + 1], mu2 = packed[g + 2];
+    const { w, invNh } = this.stats;
+    const [ao, so] = this._slideRows(y, ch, cw, r, ring);
+    const kh = invNh[cy0 + y], g0 = (cy0 + y) * w + cx0;
+    if (this.k) {
+      const o = this.o, f = 4 * this.rows * this.wp;
+      this.k.coef((cw + 1) >> 1, o.acc2, o.r1 + 4 * ao, o.r1 + 4 * so, o.planes + 4 * g0, 4 * this.n, o.nw + 8 * cx0, kh,
+        o.ab + 4 * this.pad, 4 * this.abw, 8 * this.wp, f);
+      if (cw & 1) for (const a of this.v.ab) a[cw] = 0; // the kernel's second lane wrote into the zero margin
+      return;
+    }
+    const [M0, M1, M2, Q0, Q1, Q2, Q3, Q4, Q5] = this.v.planes;
+    const [o0, o1, o2, o3] = this.v.ab;
+    const [c0, c1, c2, c3] = this.v.acc2;
+    const [A0, A1, A2, A3] = this.v.r1;
+    const nw = this.v.nw;
+    for (let x = 0; x < cw; x++) {
+      const g = g0 + x, s0 = c0[x], s1 = c1[x], s2 = c2[x], s3 = c3[x];
+      const mu0 = M0[g], mu1 = M1[g], mu2 = M2[g];
       const d0 = s1 - mu0 * s0, d1 = s2 - mu1 * s0, d2 = s3 - mu2 * s0;
-      const i0 = packed[g + 3], i1 = packed[g + 4], i2 = packed[g + 5];
-      const i3 = packed[g + 6], i4 = packed[g + 7], i5 = packed[g + 8];
+      const i0 = Q0[g], i1 = Q1[g], i2 = Q2[g], i3 = Q3[g], i4 = Q4[g], i5 = Q5[g];
       const a0 = i0 * d0 + i1 * d1 + i2 * d2;
       const a1 = i1 * d0 + i3 * d1 + i4 * d2;
       const a2 = i2 * d0 + i4 * d1 + i5 * d2;
       o0[x] = a0; o1[x] = a1; o2[x] = a2;
-      o3[x] = s0 * kh * invNw[cx0 + x] - a0 * mu0 - a1 * mu1 - a2 * mu2;
-      c0[x] = s0 + A0[ao + x] - B0[so + x];
-      c1[x] = s1 + A1[ao + x] - B1[so + x];
-      c2[x] = s2 + A2[ao + x] - B2[so + x];
-      c3[x] = s3 + A3[ao + x] - B3[so + x];
+      o3[x] = s0 * kh * nw[cx0 + x] - a0 * mu0 - a1 * mu1 - a2 * mu2;
+      c0[x] = s0 + A0[ao + x] - A0[so + x];
+      c1[x] = s1 + A1[ao + x] - A1[so + x];
+      c2[x] = s2 + A2[ao + x] - A2[so + x];
+      c3[x] = s3 + A3[ao + x] - A3[so + x];
     }
   }
 
   _rows4(slot, cw, r) {
     // pass 3, one row: clipped row window sums of [a, b]: s += a[x + r + 1] - a[x - r] (0 past the ends)
+    if (this.k) {
+      const o = this.o;
+      this.k.rows3(cw, o.ab + 4 * this.pad, 4 * this.abw, o.r3 + 4 * slot * cw, 4 * this.rows * this.wp, r);
+      return;
+    }
     const noSub = Math.min(r, cw), addEnd = Math.max(cw - r - 1, 0), ob = slot * cw;
     for (let c = 0; c < 4; c++) {
-      const a = this.ab[c], o = this.r3[c];
+      const a = this.v.ab[c], o = this.v.r3[c];
       let s = 0;
       for (let x = 0, m = Math.min(r, cw - 1); x <= m; x++) s += a[x];
       let x = 0;
@@ -537,27 +617,43 @@ export class GuidedFilterState {
     }
   }
 
-  _output(out, y4, { cy0, cx0, ch, cw, ring, r }, yy0, yy1, x0, x1) {
+  _output(y4, { cy0, cx0, ch, cw, ring, r }, yy0, yy1, x0, x1) {
     // pass 4, one row: q = (sum(a)^T I + sum(b)) / n (Eq. 6) inside the active box; then the column
     // windows move to row y4 + 1
-    const { w, invNh, invNw } = this.stats;
-    const [g0, g1, g2] = this.stats.guide;
-    const [c0, c1, c2, c3] = this.acc4;
+    const { w, invNh } = this.stats;
     const yy = cy0 + y4;
+    const [ao, so] = this._slideRows(y4, ch, cw, r, ring);
+    let xs = x0; // the columns still to compute in JS
+    if (this.k) {
+      const o = this.o, pairs = (x1 - x0) >> 1;
+      if (yy >= yy0 && yy < yy1 && pairs > 0) {
+        const g = yy * w + cx0 + x0;
+        this.k.output(pairs, o.acc4 + 8 * x0, o.guide + 4 * g, 4 * this.n, o.nw + 8 * (cx0 + x0), invNh[yy], o.out + 4 * g,
+          8 * this.wp);
+      }
+      xs = x0 + 2 * pairs;
+    }
     if (yy >= yy0 && yy < yy1) {
-      const kh = invNh[yy], gb = yy * w + cx0;
-      for (let x = x0; x < x1; x++) {
+      const [g0, g1, g2] = this.v.guide;
+      const [c0, c1, c2, c3] = this.v.acc4;
+      const kh = invNh[yy], gb = yy * w + cx0, out = this.v.out, nw = this.v.nw;
+      for (let x = xs; x < x1; x++) {
         const g = gb + x;
-        out[g] = (c0[x] * g0[g] + c1[x] * g1[g] + c2[x] * g2[g] + c3[x]) * (kh * invNw[cx0 + x]);
+        out[g] = (c0[x] * g0[g] + c1[x] * g1[g] + c2[x] * g2[g] + c3[x]) * (kh * nw[cx0 + x]);
       }
     }
-    const [add, ao, sub, so] = this._slideRows(this.r3, y4, ch, cw, r, ring);
-    const [A0, A1, A2, A3] = add, [B0, B1, B2, B3] = sub;
+    if (this.k) {
+      const o = this.o;
+      this.k.slide((cw + 1) >> 1, o.acc4, o.r3 + 4 * ao, o.r3 + 4 * so, 8 * this.wp, 4 * this.rows * this.wp);
+      return;
+    }
+    const [c0, c1, c2, c3] = this.v.acc4;
+    const [A0, A1, A2, A3] = this.v.r3;
     for (let x = 0; x < cw; x++) {
-      c0[x] = c0[x] + A0[ao + x] - B0[so + x];
-      c1[x] = c1[x] + A1[ao + x] - B1[so + x];
-      c2[x] = c2[x] + A2[ao + x] - B2[so + x];
-      c3[x] = c3[x] + A3[ao + x] - B3[so + x];
+      c0[x] = c0[x] + A0[ao + x] - A0[so + x];
+      c1[x] = c1[x] + A1[ao + x] - A1[so + x];
+      c2[x] = c2[x] + A2[ao + x] - A2[so + x];
+      c3[x] = c3[x] + A3[ao + x] - A3[so + x];
     }
   }
 }
@@ -588,6 +684,15 @@ export function pseudoLabel(maps, classes, n) {
 }
 
 // ---------------------------------------------------------------------- the stage engine
+
+let filterState = null;
+const MAX_RADIUS = 40; // the live figure's radius slider goes to 40
+
+/** The guided filter of this thread (one scratch memory for all images), with the SIMD kernels when available. */
+export function sharedFilter() {
+  if (!filterState) filterState = new GuidedFilterState(createKernels());
+  return filterState;
+}
 
 /** sgwsss.constants.STAGES, and what each one computes. */
 export const STAGES = ["A", "R", "G-w/o-aff", "G", "G-iter15-w/o-aff", "G-iter15"];
@@ -641,7 +746,6 @@ export class ImageEngine {
     this.runs = new LRU(4); // each holds up to 15 iterations per class (0.75 MB each for 500 x 375)
     this.dist = null;
     this.T = new LRU(2);
-    this.gf = new GuidedFilterState();
   }
 
   transition(beta) {
@@ -698,9 +802,8 @@ export class ImageEngine {
       run.q[s].length = t; // later iterations, if any, are recomputed from here
       const q = t === 0 ? this.source(j, job.kind, job.beta, job.steps) : run.q[s][t - 1];
       const thr = job.threshold === null ? otsuThreshold(q) : job.threshold;
-      run.mask[s] = binarize(q, thr, run.mask[s] || undefined);
+      run.mask[s] = binarizeChanges(q, thr, h, w, run.mask[s] || new Uint8Array(h * w), rows, cols);
     });
-    changedRowsCols(run.mask, h, w, rows, cols);
     return { rows, cols };
   }
 
@@ -708,7 +811,8 @@ export class ImageEngine {
   filterStep(run, box) {
     const { job } = run;
     const stats = this.stats(job.radius, job.eps);
-    run.slots.forEach((_, s) => run.q[s].push(this.gf.filterMask(stats, run.mask[s], box)));
+    const gf = sharedFilter();
+    run.slots.forEach((_, s) => run.q[s].push(gf.filterMask(stats, run.mask[s], box)));
   }
 }
 
@@ -722,12 +826,14 @@ export class ImageEngine {
  *   {op: "filter", image, job, slots, box, next}        Q^{t+1} (+ the next mask if ``next``)
  *   {op: "result", image, job, slots, t}                Q^t (t = 0: the stage source) and its Otsu threshold
  *   {op: "status", image, job, slots}                   how many iterations are stored
+ *   {op: "hello"}                                       {simd: whether the WebAssembly kernels run}
  */
 export function handleMessage(engines, msg) {
   if (msg.op === "image") {
     if (!engines.has(msg.image)) engines.set(msg.image, new ImageEngine(msg.data));
     return { reply: { ok: true } };
   }
+  if (msg.op === "hello") return { reply: { simd: sharedFilter().k !== null } };
   const engine = engines.get(msg.image);
   if (!engine) throw new Error(`no data for image ${msg.image}`);
   if (engines.recent !== msg.image) {

@@ -98,8 +98,10 @@ def main():
             page = browser.new_page(viewport={"width": 1300, "height": 900})
             t0 = time.perf_counter()
             page.goto(f"{url}/index.html")
-            page.wait_for_selector(".sgwsss-live[data-state=ready]", timeout=120_000)
+            page.wait_for_selector(".sgwsss-live[data-state=ready], .sgwsss-live[data-state=failed]", timeout=120_000)
             first = time.perf_counter() - t0
+            if page.get_attribute(".sgwsss-live", "data-state") != "ready":
+                raise SystemExit("the live figure did not start: " + page.inner_text(".sgwsss-live-note"))
             workers = page.inner_text(".sgwsss-live-note") or "2 module workers"
             for warm in ("14", "20"):  # compile the hot loops
                 move(page, "radius", warm)

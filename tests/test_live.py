@@ -303,13 +303,16 @@ def test_outside_the_book_the_static_figure_says_where_it_runs(browser, server, 
 
 @needs_browser
 def test_without_workers_the_page_computes_the_same(browser, server, figure, page):
-    p = open_page(browser, server, "no-workers", figure, init_script="delete window.Worker;")
+    """On the page itself and with the JS passes (no WebAssembly): the same bits as the workers' SIMD kernels."""
+    p = open_page(browser, server, "no-workers", figure, init_script="delete window.Worker; window.sgwsssLiveNoWasm = true;")
     try:
         assert "no Web Workers" in p.inner_text(".sgwsss-live-note")
-        opts = dict(stage="G", radius=9, eps=1e-4)
-        a, la = js_compute(p, **opts)
-        b, lb = js_compute(page, **opts)
-        assert np.array_equal(a, b) and np.array_equal(la, lb)
+        assert "without WebAssembly SIMD" in p.inner_text(".sgwsss-live-status")
+        assert "without WebAssembly" not in page.inner_text(".sgwsss-live-status")
+        for opts in (dict(stage="G", radius=9, eps=1e-4), dict(stage="G-iter15-w/o-aff", radius=17, image=1)):
+            a, la = js_compute(p, **opts)
+            b, lb = js_compute(page, **opts)
+            assert np.array_equal(a, b) and np.array_equal(la, lb)
     finally:
         p.close()
 

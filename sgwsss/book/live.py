@@ -41,7 +41,7 @@ __all__ = ["LiveImage", "LiveFigure", "live_figure", "as_live_image", "stage_map
            "fnv1a", "MODULE_FILES", "CONTROLS", "write_page", "serve", "demo_image"]
 
 #: The files of the browser module, in the repository's ``_static/`` (served with the book).
-MODULE_FILES = ("sgwsss_live.mjs", "sgwsss_live_core.mjs", "sgwsss_live_worker.mjs")
+MODULE_FILES = ("sgwsss_live.mjs", "sgwsss_live_core.mjs", "sgwsss_live_worker.mjs", "sgwsss_live_wasm.mjs")
 #: Control names accepted by ``live_figure(controls=...)``.
 CONTROLS = ("image", "class", "stage", "beta", "steps", "threshold", "radius", "eps", "iterations")
 _VERSION = 1
