@@ -42,14 +42,19 @@ export function otsuThreshold(x, nbins = 256) {
     else if (v > hi) hi = v;
   }
   if (lo === hi) return lo;
+  return otsuFromRange(lo, hi, nbins, (scale, edges) => histogram(x, lo, scale, edges, nbins));
+}
+
+/** Otsu's threshold of a non-constant map with range [lo, hi]; ``counts(scale, edges)`` bins it. */
+function otsuFromRange(lo, hi, nbins, counts) {
   const span = f32(hi - lo);
   const step = f32(span / nbins);
   const scale = f32(nbins / span);
   const edges = new Float64Array(nbins + 1); // float32 values: fl(fl(i * step) + lo), last = hi
   for (let i = 0; i <= nbins; i++) edges[i] = f32(f32(i * step) + lo);
-  const counts = histogram(x, lo, scale, edges, nbins);
+  const c = counts(scale, edges);
   edges[nbins] = hi;
-  return otsuFromHistogram(counts, edges, nbins);
+  return otsuFromHistogram(c, edges, nbins);
 }
 
 function histogram(x, lo, scale, edges, nbins) {
@@ -432,47 +437,105 @@ export class GuidedFilterState {
     this.layoutKey = "";
   }
 
-  _layout(stats) {
+  _layout(h, w) {
     // one buffer (the kernels' memory, or an ArrayBuffer) holding the image's guide and statistics and the
-    // scratch rows; byte offsets in this.o, typed views in this.v
-    const { h, w, radius } = stats;
-    const r = Math.max(radius, MAX_RADIUS); // sized for every radius the controls offer: a radius change copies only
-    const n = h * w, wp = w + 2, rows = 2 * r + 3; // ring rows + an always-zero row
-    this.ring = 2 * radius + 2;
-    const key = `${h}x${w}r${r}`;
-    if (key !== this.layoutKey) {
-      // ab rows and mask rows have r + 1 zeros on both sides; the guide has 512 spare bytes on both sides
-      const pad = r + 1, abw = wp + 2 * pad;
-      const sizes = { pre: 512, guide: 3 * n * 4 + 512, planes: 9 * n * 4 + 16, nw: wp * 8, out: n * 4 + 16,
-        r1: 4 * rows * wp * 4, r3: 4 * rows * wp * 4, ab: 4 * abw * 4, acc2: 4 * wp * 8, acc4: 4 * wp * 8, prow: abw + 16 };
-      const o = {};
-      let total = 0;
-      for (const [name, bytes] of Object.entries(sizes)) { o[name] = total; total += Math.ceil(bytes / 64) * 64; }
-      let buffer;
-      if (this.k) {
-        const have = this.k.memory.buffer.byteLength;
-        if (total > have) this.k.memory.grow(Math.ceil((total - have) / 65536));
-        buffer = this.k.memory.buffer;
-      } else {
-        buffer = new ArrayBuffer(total);
-      }
-      const planes = (off, count, len, stride = len, T = Float32Array) =>
-        Array.from({ length: count }, (_, c) => new T(buffer, off + c * stride * T.BYTES_PER_ELEMENT, len));
-      new Uint8Array(buffer, 0, total).fill(0);
-      this.v = {
-        guide: planes(o.guide, 3, n), planes: planes(o.planes, 9, n), nw: new Float64Array(buffer, o.nw, wp),
-        out: new Float32Array(buffer, o.out, n), r1: planes(o.r1, 4, rows * wp), r3: planes(o.r3, 4, rows * wp),
-        ab: planes(o.ab + 4 * pad, 4, wp, abw), acc2: planes(o.acc2, 4, wp, wp, Float64Array),
-        acc4: planes(o.acc4, 4, wp, wp, Float64Array), prow: new Uint8Array(buffer, o.prow + pad, wp),
-      };
-      Object.assign(this, { o, n, wp, rows, pad, abw, layoutKey: key, stats: null });
+    // scratch rows, sized for every radius the controls offer (a radius change copies statistics only);
+    // byte offsets in this.o, typed views in this.v
+    const r = MAX_RADIUS, n = h * w, wp = w + 2, rows = 2 * r + 3; // ring rows + an always-zero row
+    const key = `${h}x${w}`;
+    if (key === this.layoutKey) return;
+    // ab rows and mask rows have r + 1 zeros on both sides; the guide has 512 spare bytes on both sides
+    const pad = r + 1, abw = wp + 2 * pad;
+    const ps = n + 4; // plane stride of the statistics (a spare value for the kernels' second lane)
+    const sizes = { pre: 512, guide: 3 * n * 4 + 512, planes: 9 * ps * 4 + 16, nw: wp * 8, out: n * 4 + 16,
+      r1: 4 * rows * wp * 4, r3: 4 * rows * wp * 4, ab: 4 * abw * 4, acc2: 4 * wp * 8, acc4: 4 * wp * 8, prow: abw + 16,
+      edges: 257 * 8, counts: 256 * 4, range: 16, grows: 9 * rows * wp * 8, gacc: 9 * wp * 8, ncol: wp * 8 };
+    const o = {};
+    let total = 0;
+    for (const [name, bytes] of Object.entries(sizes)) { o[name] = total; total += Math.ceil(bytes / 64) * 64; }
+    let buffer;
+    if (this.k) {
+      const have = this.k.memory.buffer.byteLength;
+      if (total > have) this.k.memory.grow(Math.ceil((total - have) / 65536));
+      buffer = this.k.memory.buffer;
+    } else {
+      buffer = new ArrayBuffer(total);
     }
+    const planes = (off, count, len, stride = len, T = Float32Array) =>
+      Array.from({ length: count }, (_, c) => new T(buffer, off + c * stride * T.BYTES_PER_ELEMENT, len));
+    new Uint8Array(buffer, 0, total).fill(0);
+    this.v = {
+      guide: planes(o.guide, 3, n), planes: planes(o.planes, 9, n, ps), nw: new Float64Array(buffer, o.nw, wp),
+      out: new Float32Array(buffer, o.out, n), r1: planes(o.r1, 4, rows * wp), r3: planes(o.r3, 4, rows * wp),
+      ab: planes(o.ab + 4 * pad, 4, wp, abw), acc2: planes(o.acc2, 4, wp, wp, Float64Array),
+      acc4: planes(o.acc4, 4, wp, wp, Float64Array), prow: new Uint8Array(buffer, o.prow + pad, wp),
+      edges: new Float64Array(buffer, o.edges, 257), counts: new Int32Array(buffer, o.counts, 256),
+      range: new Float32Array(buffer, o.range, 2), grows: planes(o.grows, 9, rows * wp, rows * wp, Float64Array),
+      gacc: planes(o.gacc, 9, wp, wp, Float64Array), ncol: new Float64Array(buffer, o.ncol, wp),
+    };
+    Object.assign(this, { o, n, ps, wp, rows, pad, abw, layoutKey: key, stats: null, guideSrc: null });
+  }
+
+  /** guideStatistics(), with the kernels when they run (the same bits), left loaded for filterMask. */
+  statistics(guide, h, w, radius, eps) {
+    if (!this.k) return guideStatistics(guide, h, w, radius, eps);
+    this._layout(h, w);
+    const r = radius, o = this.o, v = this.v, ring = 2 * r + 2, rp = 8 * this.rows * this.wp;
+    if (this.guideSrc !== guide) {
+      guide.forEach((g, c) => v.guide[c].set(g));
+      this.guideSrc = guide;
+    }
+    const invNh = windowLengths(h, r), invNw = windowLengths(w, r);
+    v.nw.set(invNw);
+    for (let x = 0; x < w; x++) v.ncol[x] = Math.min(x + r, w - 1) - Math.max(x - r, 0) + 1;
+    for (const a of v.grows) a.fill(0, ring * w, ring * w + w + 2); // the zero row
+    for (const a of v.gacc) a.fill(0);
+    const m = Math.min(r, w - 1) + 1;
+    const rowSums = (y) => this.k.grows(w, o.guide + 4 * y * w, 4 * this.n, o.grows + 8 * (y % ring) * w, rp, r, m);
+    for (let y = 0, last = Math.min(r, h - 1); y <= last; y++) {
+      rowSums(y);
+      const off = (y % ring) * w;
+      for (let c = 0; c < 9; c++) { const a = v.gacc[c], src = v.grows[c]; for (let x = 0; x < w; x++) a[x] += src[off + x]; }
+    }
+    for (let y = 0; y < h; y++) {
+      if (y + r + 1 < h) rowSums(y + r + 1);
+      const add = y + r + 1 < h ? ((y + r + 1) % ring) * w : ring * w, sub = y - r >= 0 ? ((y - r) % ring) * w : ring * w;
+      const nh = Math.min(y + r, h - 1) - Math.max(y - r, 0) + 1;
+      this.k.gcols((w + 1) >> 1, o.gacc, o.grows + 8 * add, o.grows + 8 * sub, 8 * this.wp, rp, invNh[y], o.nw, nh, o.ncol, eps,
+        o.planes + 4 * y * w, 4 * this.ps);
+    }
+    const stats = { h, w, radius: r, eps, guide, planes: v.planes.map((a) => Float32Array.from(a)), invNh, invNw };
+    this.stats = stats; // loaded: the kernels' planes hold it
+    return stats;
+  }
+
+  _loadStats(stats) {
+    this._layout(stats.h, stats.w);
+    this.ring = 2 * stats.radius + 2;
     if (stats !== this.stats) {
-      stats.guide.forEach((g, c) => this.v.guide[c].set(g));
+      if (this.guideSrc !== stats.guide) stats.guide.forEach((g, c) => this.v.guide[c].set(g));
+      this.guideSrc = stats.guide;
       stats.planes.forEach((g, c) => this.v.planes[c].set(g));
       this.v.nw.set(stats.invNw);
       this.stats = stats;
     }
+  }
+
+  /** otsuThreshold of an (h, w) map, with the histogram kernels when they run (the same bins). */
+  otsu(map, h, w) {
+    if (!this.k) return otsuThreshold(map);
+    this._layout(h, w);
+    const o = this.o, out = this.v.out;
+    if (map !== out) out.set(map);
+    this.k.minmax(h * w, o.out, o.range);
+    const [lo, hi] = this.v.range;
+    if (lo === hi) return lo;
+    return otsuFromRange(lo, hi, 256, (scale, edges) => {
+      this.v.edges.set(edges);
+      this.v.counts.fill(0);
+      this.k.hist(h * w, o.out, lo, scale, o.edges, o.counts, 255);
+      return this.v.counts;
+    });
   }
 
   /**
@@ -484,7 +547,7 @@ export class GuidedFilterState {
   filterMask(stats, p, box) {
     const { h, w, radius: r } = stats;
     if (box === null) return Float32Array.from(p);
-    this._layout(stats);
+    this._loadStats(stats);
     const out = this.v.out;
     const [cy0, cy1, cx0, cx1] = box.c;
     const full = cy0 === 0 && cy1 === h && cx0 === 0 && cx1 === w;
@@ -570,7 +633,7 @@ export class GuidedFilterState {
     const kh = invNh[cy0 + y], g0 = (cy0 + y) * w + cx0;
     if (this.k) {
       const o = this.o, f = 4 * this.rows * this.wp;
-      this.k.coef((cw + 1) >> 1, o.acc2, o.r1 + 4 * ao, o.r1 + 4 * so, o.planes + 4 * g0, 4 * this.n, o.nw + 8 * cx0, kh,
+      this.k.coef((cw + 1) >> 1, o.acc2, o.r1 + 4 * ao, o.r1 + 4 * so, o.planes + 4 * g0, 4 * this.ps, o.nw + 8 * cx0, kh,
         o.ab + 4 * this.pad, 4 * this.abw, 8 * this.wp, f);
       if (cw & 1) for (const a of this.v.ab) a[cw] = 0; // the kernel's second lane wrote into the zero margin
       return;
@@ -775,7 +838,7 @@ export class ImageEngine {
   stats(radius, eps) {
     const key = `${radius}|${eps}`;
     return this.statsCache.get(key) ||
-      this.statsCache.set(key, guideStatistics(this.guide, this.d.h, this.d.w, radius, eps));
+      this.statsCache.set(key, sharedFilter().statistics(this.guide, this.d.h, this.d.w, radius, eps));
   }
 
   /**
@@ -801,7 +864,7 @@ export class ImageEngine {
     run.slots.forEach((j, s) => {
       run.q[s].length = t; // later iterations, if any, are recomputed from here
       const q = t === 0 ? this.source(j, job.kind, job.beta, job.steps) : run.q[s][t - 1];
-      const thr = job.threshold === null ? otsuThreshold(q) : job.threshold;
+      const thr = job.threshold === null ? sharedFilter().otsu(q, h, w) : job.threshold;
       run.mask[s] = binarizeChanges(q, thr, h, w, run.mask[s] || new Uint8Array(h * w), rows, cols);
     });
     return { rows, cols };
@@ -852,7 +915,7 @@ export function handleMessage(engines, msg) {
   if (msg.op === "result") {
     const { kind, beta, steps } = msg.job;
     const maps = msg.slots.map((j, s) => Float32Array.from(msg.t === 0 ? engine.source(j, kind, beta, steps) : run.q[s][msg.t - 1]));
-    const thresholds = maps.map((m) => otsuThreshold(m));
+    const thresholds = maps.map((m) => sharedFilter().otsu(m, engine.d.h, engine.d.w));
     return { reply: { maps, thresholds }, transfer: maps.map((m) => m.buffer) };
   }
   throw new Error(`unknown request ${msg.op}`);

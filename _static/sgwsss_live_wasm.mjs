@@ -16,6 +16,13 @@
 //   rows1(cw, p, guide, plane, out, ringPlane, r)
 //     pass 1 of one row: clipped row window sums of [p, I p] (p: the crop's mask row as bytes,
 //     with r + 1 zeros on both sides; exact sums, so the order of the additions is free)
+//   grows(w, guide, plane, out, ringPlane, r, m) / gcols(pairs, acc, add, sub, accPlane, ringPlane, kh, nw, nh,
+//     ncol, eps, out, outPlane)
+//     the guide statistics (guide_statistics, Eq. 7): row sums of I and I_i I_j, then per pixel pair the
+//     window means and the inverse of Sigma_k + eps U divided by n_k (strict float64, as the package's kernel)
+//   minmax(n, x, range) / hist(n, x, lo, scale, edges, counts, last)
+//     Otsu's range and histogram of a float32 map (numpy's bins: an estimate within one bin,
+//     fixed up against the float32 edges, as sgwsss.refine.otsu does)
 //   rows3(cw, ab, abPlane, out, ringPlane, r)
 //     pass 3 of one row: row window sums of [a, b] (ab rows with r + 1 zeros on both sides:
 //     s += a[x + r + 1] - a[x - r], which is the JS version's arithmetic with its zeros)
@@ -170,8 +177,91 @@ function rows3Kernel() {
     code: [...get(r), ...ic(1), ...iadd, ...set(ra), ...get(r), ...ic(1), ...iadd, ...set(m), ...loop(x, m, init), ...loop(x, cw, body)] };
 }
 
+const flt = [0x63], fgt = [0x64], fge = [0x66], ilt = [0x48], igt = [0x4a];
+const ifThen = (cond, then, otherwise = null) => [...cond, 0x04, 0x40, ...then, ...(otherwise ? [0x05, ...otherwise] : []), 0x0b];
+
+function minmaxKernel() {
+  // params: n, x, range ; locals: lo, hi, v (f64), i (i32)
+  const [n, x, range] = [0, 1, 2];
+  const [lo, hi, v, i] = [3, 4, 5, 6];
+  const body = [...at(x, i, 4), ...f32load(), ...promote1, ...set(v),
+    ...ifThen([...get(v), ...get(lo), ...flt], [...get(v), ...set(lo)],
+      ifThen([...get(v), ...get(hi), ...fgt], [...get(v), ...set(hi)]))];
+  return { name: "minmax", params: [I32, I32, I32], locals: [[3, F64], [1, I32]],
+    code: [...get(x), ...f32load(), ...promote1, ...set(lo), ...get(lo), ...set(hi), ...loop(i, n, body),
+      ...get(range), ...get(lo), ...demote1, ...f32store, ...get(range), ...get(hi), ...demote1, 0x38, 2, 4] };
+}
+
+function histKernel() {
+  // params: n, x, lo, scale, edges, counts, last ; locals: v (f64), i, t, c (i32)
+  const [n, x, lo, scale, edges, counts, last] = [...Array(7).keys()];
+  const [v, i, t, c] = [7, 8, 9, 10];
+  const edge = (k) => [...get(edges), ...get(t), ...(k ? [...ic(k), ...iadd] : []), ...ic(8), ...imul, ...iadd, 0x2b, 3, 0];
+  const body = [
+    ...at(x, i, 4), ...f32load(), ...promote1, ...set(v),
+    ...get(v), ...get(lo), ...dsub, ...get(scale), ...dmul, 0xfc, 0x02, ...set(t), // i32.trunc_sat_f64_s
+    ...ifThen([...get(t), ...get(last), ...igt], [...get(last), ...set(t)]),
+    ...ifThen([...get(v), ...edge(0), ...flt], [...get(t), ...ic(1), ...isub, ...set(t)],
+      ifThen([...get(t), ...get(last), ...ilt], ifThen([...get(v), ...edge(1), ...fge], [...get(t), ...ic(1), ...iadd, ...set(t)]))),
+    ...get(counts), ...get(t), ...ic(4), ...imul, ...iadd, ...set(c),
+    ...get(c), ...get(c), 0x28, 2, 0, ...ic(1), ...iadd, 0x36, 2, 0, // counts[t] += 1
+  ];
+  return { name: "hist", params: [I32, I32, F64, F64, I32, I32, I32], locals: [[1, F64], [3, I32]], code: loop(i, n, body) };
+}
+
+function guideRowsKernel() {
+  // params: w, guide, plane, out, ringPlane, r, m ; locals: s0..s8, a, b, c (f64), x (i32)
+  const [w, guide, plane, out, ringPlane, r, m] = [...Array(7).keys()];
+  const S = [7, 8, 9, 10, 11, 12, 13, 14, 15];
+  const [a, b, c, x] = [16, 17, 18, 19];
+  const gl = (ch, k, neg) => [...addr(guide, x, 4, k, neg), ...(ch ? [...get(plane), ...ic(ch), ...imul, ...iadd] : []), ...f32load(), ...promote1];
+  const terms = [[a], [b], [c], [a, a], [a, b], [a, c], [b, b], [b, c], [c, c]];
+  const update = (op, k, neg) => [...gl(0, k, neg), ...set(a), ...gl(1, k, neg), ...set(b), ...gl(2, k, neg), ...set(c),
+    ...terms.flatMap((t, j) => [...get(S[j]), ...get(t[0]), ...(t.length > 1 ? [...get(t[1]), ...dmul] : []), ...op, ...set(S[j])])];
+  const body = [
+    ...S.flatMap((v, j) => [...addr(out, x, 8), ...(j ? [...get(ringPlane), ...ic(j), ...imul, ...iadd] : []), ...get(v), 0x39, 3, 0]),
+    // if (x + r + 1 < w) add column x + r + 1 ; if (x - r >= 0) subtract column x - r
+    ...ifThen([...get(x), ...get(r), ...iadd, ...ic(1), ...iadd, ...get(w), ...ilt], update(dadd, m)),
+    ...ifThen([...get(x), ...get(r), ...isub, ...ic(0), 0x4e], update(dsub, r, true)),
+  ];
+  return { name: "grows", params: [I32, I32, I32, I32, I32, I32, I32], locals: [[12, F64], [1, I32]],
+    code: [...loop(x, m, update(dadd, null)), ...loop(x, w, body)] };
+}
+
+function guideColumnsKernel() {
+  // params: pairs, acc, add, sub, accPlane, ringPlane, kh, nw, nh, ncol, eps, out, outPlane
+  const [n, acc, addp, subp, accPlane, ringPlane, kh, nw, nh, ncol, eps, out, outPlane] = [...Array(13).keys()];
+  const A = [...Array(9).keys()].map((i) => 13 + i); // window sums
+  const [k, m0, m1, m2, s00, s01, s02, s11, s12, s22, c00, c01, c02, c11, c12, c22, det, cnt, ev] =
+    [...Array(19).keys()].map((i) => 22 + i);
+  const x = 41;
+  const g = get, ops = (...seq) => seq.flat();
+  const cov = (j, p, q, withEps) => ops(g(A[j]), g(k), mul, g(p), g(q), mul, sub, withEps ? [...g(ev), ...add] : []);
+  const cof = (p, q, r2, t) => ops(g(p), g(q), mul, g(r2), g(t), mul, sub);
+  const store = (v, j) => ops(at(out, x, 8, outPlane, j), g(v), store2f32);
+  const inv = (v, j) => ops(at(out, x, 8, outPlane, j), g(v), g(det), simd(0xf3), g(cnt), simd(0xf3), store2f32);
+  const body = ops(
+    ...A.map((v, j) => [...at(acc, x, 16, accPlane, j), ...vload, ...set(v)]),
+    g(kh), splat, at(nw, x, 16), vload, mul, set(k),
+    g(A[0]), g(k), mul, set(m0), g(A[1]), g(k), mul, set(m1), g(A[2]), g(k), mul, set(m2),
+    cov(3, m0, m0, true), set(s00), cov(4, m0, m1, false), set(s01), cov(5, m0, m2, false), set(s02),
+    cov(6, m1, m1, true), set(s11), cov(7, m1, m2, false), set(s12), cov(8, m2, m2, true), set(s22),
+    cof(s11, s22, s12, s12), set(c00), cof(s02, s12, s01, s22), set(c01), cof(s01, s12, s02, s11), set(c02),
+    cof(s00, s22, s02, s02), set(c11), cof(s01, s02, s00, s12), set(c12), cof(s00, s11, s01, s01), set(c22),
+    g(s00), g(c00), mul, g(s01), g(c01), mul, add, g(s02), g(c02), mul, add, set(det),
+    g(nh), splat, at(ncol, x, 16), vload, mul, set(cnt),
+    store(m0, 0), store(m1, 1), store(m2, 2),
+    inv(c00, 3), inv(c01, 4), inv(c02, 5), inv(c11, 6), inv(c12, 7), inv(c22, 8),
+    ...A.map((v, j) => [...at(acc, x, 16, accPlane, j), ...g(v), ...at(addp, x, 16, ringPlane, j), ...vload, ...add,
+      ...at(subp, x, 16, ringPlane, j), ...vload, ...sub, ...vstore]),
+  );
+  return { name: "gcols", params: [I32, I32, I32, I32, I32, I32, F64, I32, F64, I32, F64, I32, I32], locals: [[28, V128], [1, I32]],
+    code: [...g(eps), ...splat, ...set(ev), ...loop(x, n, body)] };
+}
+
 /** The module's bytes: the kernels, importing their memory as env.mem. */
-export function moduleBytes(funcs = [coefKernel(), outputKernel(), slideKernel(), rows1Kernel(), rows3Kernel()]) {
+export function moduleBytes(funcs = [coefKernel(), outputKernel(), slideKernel(), rows1Kernel(), rows3Kernel(), minmaxKernel(),
+  histKernel(), guideRowsKernel(), guideColumnsKernel()]) {
   const section = (id, body) => [id, ...u32(body.length), ...body];
   const types = funcs.map((f) => [0x60, ...vec(f.params.map((t) => [t])), 0]);
   const codes = funcs.map((f) => {
@@ -191,7 +281,7 @@ export function moduleBytes(funcs = [coefKernel(), outputKernel(), slideKernel()
 /**
  * The kernels on a fresh memory, or null where WebAssembly (with SIMD) is unavailable or
  * switched off (globalThis.sgwsssLiveNoWasm); the JS passes then run.
- * @returns {{memory: WebAssembly.Memory, coef, output, slide, rows1, rows3} | null}
+ * @returns {{memory: WebAssembly.Memory, coef, output, slide, rows1, rows3, minmax, hist, grows, gcols} | null}
  */
 export function createKernels() {
   try {

@@ -61,8 +61,9 @@ def move(page, name, value) -> float:
 def plan(n: int):
     """``n`` changes per control to values the page has not cached (radius, log10 eps, threshold)."""
     radii = [r for pair in zip(range(18, 41), range(16, 0, -1)) for r in pair][:n]
-    eps = [round(-6 + d, 2) for pair in zip([0.25 * k for k in range(1, 25)], [-0.25 * k for k in range(1, 9)])
-           for d in pair][:n]
+    above, below = [-6 + 0.25 * k for k in range(1, 25)], [-6 - 0.25 * k for k in range(1, 9)]
+    eps = [v for pair in zip(above, below) for v in pair] + above[len(below):]
+    eps = eps[:n]
     thresholds = [round(0.3 + 0.01 * k, 2) for k in range(n)]
     return {"radius": radii, "eps": eps, "threshold": thresholds}
 
