@@ -229,22 +229,8 @@ async function runSetting(img, settings, stale = () => false) {
   const res = await ask("result", { t: T });
   const maps = new Array(classes.length), thresholds = new Array(classes.length);
   parts.forEach((p, i) => p.slots.forEach((j, s) => { maps[j] = res[i].maps[s]; thresholds[j] = res[i].thresholds[s]; }));
-  const labels = labelsFrom(maps, thresholds, classes, h * w);
+  const { labels } = core.pseudoLabel(maps, classes, h * w, thresholds);
   return { maps, thresholds, labels, classes, h, w, ms: performance.now() - t0 };
-}
-
-function labelsFrom(maps, thresholds, classes, n) {
-  // Eq. 11 with the thresholds the workers computed (core.pseudoLabel does both)
-  const labels = new Uint8Array(n);
-  for (let i = 0; i < n; i++) {
-    let best = -Infinity, lab = 0;
-    for (let c = 0; c < maps.length; c++) {
-      const v = maps[c][i];
-      if (v > thresholds[c] && v > best) { best = v; lab = classes[c] + 1; }
-    }
-    labels[i] = lab;
-  }
-  return labels;
 }
 
 // -------------------------------------------------------------------------------- drawing
@@ -651,6 +637,11 @@ const api = {
   async computeEncoded(opts = {}) {
     const r = await api.compute(opts);
     return { classes: r.classes, h: r.h, w: r.w, ms: r.ms, thresholds: r.thresholds, maps: r.maps.map(encode), labels: encode(r.labels) };
+  },
+  /** Where the numbers are computed: {workers (0: on the page), simd (WebAssembly kernels), why}. */
+  async info() {
+    const { links, why, simd } = await pool();
+    return { workers: links[0].kind === "worker" ? links.length : 0, simd, why };
   },
   mount,
   hideKernelOnly,

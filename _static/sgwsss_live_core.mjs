@@ -11,8 +11,14 @@
 //   transitionMatrix   sgwsss.refine.affinity.transition_matrix (Eq. 3, beta as a power of W)
 //   randomWalk         sgwsss.refine.random_walk.random_walk    (Eq. 5, T^t A)
 //   guideStatistics    sgwsss.refine.guided_filter.guide_statistics (float64)
-//   GuidedFilterState  sgwsss.refine.guided_filter.GuidedFilter (Eqs. 6-8, skip_constant crops)
+//   GuidedFilterState  sgwsss.refine.guided_filter.GuidedFilter (Eqs. 6-8, skip_constant crops;
+//                      the fused kernel of sgwsss.refine._cpu_kernels, pass for pass)
+//   activeRegion       sgwsss.refine.guided_filter._active_region
 //   pseudoLabel        sgwsss.refine.pseudo_label.pseudo_label  (Eq. 11)
+//   ImageEngine        one image's stages (sgwsss.refine.stages.refine_stage, self_guided_refine)
+//
+// The hot loops also exist as WebAssembly SIMD kernels (sgwsss_live_wasm.mjs) doing the same
+// float64 operations in the same order; GuidedFilterState uses them where the browser can.
 //
 // Numbers. Maps are float32 (Float32Array), as in the package's default CPU path; every
 // running sum is accumulated in float64 (JS numbers) and stored in float32, as the package's
@@ -110,18 +116,9 @@ function otsuFromHistogram(counts, edges, nbins) {
   return centers[idx];
 }
 
-/** ``map > threshold`` compared in float32 (as torch does with a Python float): Uint8Array. */
-export function binarize(map, threshold, out) {
-  const t = f32(threshold);
-  const n = map.length;
-  out = out || new Uint8Array(n);
-  for (let i = 0; i < n; i++) out[i] = map[i] > t ? 1 : 0;
-  return out;
-}
-
 /**
- * binarize() of an (h, w) map, marking in ``rows`` / ``cols`` where the mask differs from a
- * 4-neighbour (what changedRowsCols reports, computed in the same pass).
+ * ``map > threshold`` of an (h, w) map, compared in float32 (as torch does with a Python float),
+ * into the bytes ``out``, marking in ``rows`` / ``cols`` where the mask differs from a 4-neighbour.
  */
 export function binarizeChanges(map, threshold, h, w, out, rows, cols) {
   const t = f32(threshold);
@@ -211,7 +208,7 @@ export function interpolate(src, h, w, H, W) {
 
 /** sgwsss.refine.affinity.resize_to_grid for one (h, w) map: (grid * grid) float32. */
 export function resizeToGrid(src, h, w, grid) {
-  if (h === grid && w === grid) return Float32Array.from(src);
+  if (h === grid && w === grid) return new Float32Array(src);
   if (H_PLUS_W_SMALL(grid, grid)) {
     // torch's channels-last kernel for small outputs: i00 w00 + i01 w01 + i10 w10 + i11 w11
     const ty = taps(h, grid), tx = taps(w, grid);
@@ -290,7 +287,7 @@ export function transitionMatrix(d, n, beta) {
 
 /** Eq. 5: R = T^steps A for one grid map (sgwsss.refine.random_walk.random_walk), float64 sums. */
 export function randomWalk(T, a, n, steps = 1) {
-  let cur = Float64Array.from(a);
+  let cur = new Float64Array(a);
   for (let t = 0; t < steps; t++) {
     const next = new Float64Array(n);
     for (let p = 0; p < n; p++) {
@@ -301,7 +298,7 @@ export function randomWalk(T, a, n, steps = 1) {
     }
     cur = next;
   }
-  return Float32Array.from(cur); // r.to(a.dtype): the float32 maps
+  return new Float32Array(cur); // r.to(a.dtype): the float32 maps
 }
 
 // --------------------------------------------------------------------------- guided filter
@@ -386,28 +383,11 @@ function guideRowSums(guide, h, w, r) {
 }
 
 /**
- * Where the filter can change a set of binary masks (skip_constant): the package's
- * _active_region over all maps of the image together. Returns null when every mask is
- * constant, else {a: [y0, y1, x0, x1], c: [y0, y1, x0, x1]} (active box, computed crop).
- * @param {Uint8Array[]} masks  (H * W) each
+ * Where the filter can change the masks of an image (skip_constant): the package's _active_region
+ * over all maps together, from the rows / cols where a mask differs from a 4-neighbour
+ * (binarizeChanges). Returns null when every mask is constant, else {a: [y0, y1, x0, x1],
+ * c: [y0, y1, x0, x1]} (the active box, and the crop the computation needs).
  */
-export function changedRowsCols(masks, h, w, rows, cols) {
-  rows = rows || new Uint8Array(h);
-  cols = cols || new Uint8Array(w);
-  for (const p of masks) {
-    for (let y = 0; y < h; y++) {
-      const o = y * w;
-      for (let x = 0; x < w; x++) {
-        const v = p[o + x];
-        if (x + 1 < w && p[o + x + 1] !== v) { rows[y] = 1; cols[x] = 1; cols[x + 1] = 1; }
-        if (y + 1 < h && p[o + w + x] !== v) { rows[y] = 1; rows[y + 1] = 1; cols[x] = 1; }
-      }
-    }
-  }
-  return { rows, cols };
-}
-
-/** Bounding boxes from changed rows/cols (the second half of _active_region). */
 export function activeRegion(rows, cols, h, w, radius) {
   let y0 = -1, y1 = -1, x0 = -1, x1 = -1;
   for (let y = 0; y < h; y++) if (rows[y]) { if (y0 < 0) y0 = y; y1 = y + 1; }
@@ -449,7 +429,8 @@ export class GuidedFilterState {
     const ps = n + 4; // plane stride of the statistics (a spare value for the kernels' second lane)
     const sizes = { pre: 512, guide: 3 * n * 4 + 512, planes: 9 * ps * 4 + 16, nw: wp * 8, out: n * 4 + 16,
       r1: 4 * rows * wp * 4, r3: 4 * rows * wp * 4, ab: 4 * abw * 4, acc2: 4 * wp * 8, acc4: 4 * wp * 8, prow: abw + 16,
-      edges: 257 * 8, counts: 256 * 4, range: 16, grows: 9 * rows * wp * 8, gacc: 9 * wp * 8, ncol: wp * 8 };
+      edges: 257 * 8, counts: 256 * 4, range: 16, grows: 9 * rows * wp * 8, gacc: 9 * wp * 8, ncol: wp * 8,
+      mask: n + 16, mrows: h + 16, mcols: w + 16 };
     const o = {};
     let total = 0;
     for (const [name, bytes] of Object.entries(sizes)) { o[name] = total; total += Math.ceil(bytes / 64) * 64; }
@@ -472,6 +453,7 @@ export class GuidedFilterState {
       edges: new Float64Array(buffer, o.edges, 257), counts: new Int32Array(buffer, o.counts, 256),
       range: new Float32Array(buffer, o.range, 2), grows: planes(o.grows, 9, rows * wp, rows * wp, Float64Array),
       gacc: planes(o.gacc, 9, wp, wp, Float64Array), ncol: new Float64Array(buffer, o.ncol, wp),
+      mask: new Uint8Array(buffer, o.mask, n), mrows: new Uint8Array(buffer, o.mrows, h), mcols: new Uint8Array(buffer, o.mcols, w),
     };
     Object.assign(this, { o, n, ps, wp, rows, pad, abw, layoutKey: key, stats: null, guideSrc: null });
   }
@@ -504,7 +486,7 @@ export class GuidedFilterState {
       this.k.gcols((w + 1) >> 1, o.gacc, o.grows + 8 * add, o.grows + 8 * sub, 8 * this.wp, rp, invNh[y], o.nw, nh, o.ncol, eps,
         o.planes + 4 * y * w, 4 * this.ps);
     }
-    const stats = { h, w, radius: r, eps, guide, planes: v.planes.map((a) => Float32Array.from(a)), invNh, invNw };
+    const stats = { h, w, radius: r, eps, guide, planes: v.planes.map((a) => a.slice()), invNh, invNw };
     this.stats = stats; // loaded: the kernels' planes hold it
     return stats;
   }
@@ -521,12 +503,35 @@ export class GuidedFilterState {
     }
   }
 
-  /** otsuThreshold of an (h, w) map, with the histogram kernels when they run (the same bins). */
+  /**
+   * The mask of one iteration: ``map > threshold`` (threshold null: Otsu's) into ``mask``, marking
+   * ``rows`` / ``cols`` as binarizeChanges does; with the kernels when they run. Returns the threshold.
+   */
+  binarize(map, threshold, h, w, mask, rows, cols) {
+    if (!this.k) {
+      const t = threshold === null ? otsuThreshold(map) : threshold;
+      binarizeChanges(map, t, h, w, mask, rows, cols);
+      return t;
+    }
+    this._layout(h, w);
+    const t = threshold === null ? this.otsu(map, h, w) : threshold;
+    if (threshold !== null) this.v.out.set(map);
+    const v = this.v, o = this.o;
+    v.mrows.fill(0);
+    v.mcols.fill(0);
+    this.k.binarize(h, w, o.out, t, o.mask, o.mrows, o.mcols);
+    mask.set(v.mask);
+    for (let y = 0; y < h; y++) rows[y] |= v.mrows[y];
+    for (let x = 0; x < w; x++) cols[x] |= v.mcols[x];
+    return t;
+  }
+
+  /** otsuThreshold of an (h, w) map, with the histogram kernels when they run (the same bins); leaves it in ``out``. */
   otsu(map, h, w) {
     if (!this.k) return otsuThreshold(map);
     this._layout(h, w);
     const o = this.o, out = this.v.out;
-    if (map !== out) out.set(map);
+    out.set(map);
     this.k.minmax(h * w, o.out, o.range);
     const [lo, hi] = this.v.range;
     if (lo === hi) return lo;
@@ -546,14 +551,19 @@ export class GuidedFilterState {
    */
   filterMask(stats, p, box) {
     const { h, w, radius: r } = stats;
-    if (box === null) return Float32Array.from(p);
+    if (box === null) return new Float32Array(p);
     this._loadStats(stats);
     const out = this.v.out;
     const [cy0, cy1, cx0, cx1] = box.c;
     const full = cy0 === 0 && cy1 === h && cx0 === 0 && cx1 === w;
     // a crop as large as the image: the package keeps the filter's output everywhere
     const [ay0, ay1, ax0, ax1] = full ? box.c : box.a;
-    if (!full) for (let i = 0; i < h * w; i++) out[i] = p[i];
+    if (!full && this.k) {
+      this.v.mask.set(p);
+      this.k.widen(h * w, this.o.mask, this.o.out);
+    } else if (!full) {
+      for (let i = 0; i < h * w; i++) out[i] = p[i];
+    }
     const ch = cy1 - cy0, cw = cx1 - cx0, ring = this.ring;
     const crop = { p, cy0, cx0, ch, cw, ring, r };
     for (const a of [...this.v.acc2, ...this.v.acc4]) a.fill(0);
@@ -572,7 +582,7 @@ export class GuidedFilterState {
       if (y - r - 1 >= 0) this._output(y - r - 1, crop, ay0, ay1, ax0 - cx0, ax1 - cx0);
     }
     for (let y4 = Math.max(0, ch - r - 1); y4 < ch; y4++) this._output(y4, crop, ay0, ay1, ax0 - cx0, ax1 - cx0);
-    return Float32Array.from(out);
+    return out.slice();
   }
 
   _zeroMargins(cw) {
@@ -729,10 +739,10 @@ export class GuidedFilterState {
  * firing value (first on ties), 0 (background) where none fires.
  * @param {Float32Array[]} maps  refined maps of the present classes, in channel order
  * @param {number[]} classes  their 0-based channels
+ * @param {number[]} thresholds  their Otsu thresholds, when already known
  * @returns {{labels: Uint8Array, thresholds: number[]}}
  */
-export function pseudoLabel(maps, classes, n) {
-  const thresholds = maps.map((m) => otsuThreshold(m));
+export function pseudoLabel(maps, classes, n, thresholds = maps.map((m) => otsuThreshold(m))) {
   const labels = new Uint8Array(n);
   const k = maps.length;
   for (let i = 0; i < n; i++) {
@@ -864,8 +874,8 @@ export class ImageEngine {
     run.slots.forEach((j, s) => {
       run.q[s].length = t; // later iterations, if any, are recomputed from here
       const q = t === 0 ? this.source(j, job.kind, job.beta, job.steps) : run.q[s][t - 1];
-      const thr = job.threshold === null ? sharedFilter().otsu(q, h, w) : job.threshold;
-      run.mask[s] = binarizeChanges(q, thr, h, w, run.mask[s] || new Uint8Array(h * w), rows, cols);
+      run.mask[s] = run.mask[s] || new Uint8Array(h * w);
+      sharedFilter().binarize(q, job.threshold, h, w, run.mask[s], rows, cols);
     });
     return { rows, cols };
   }
@@ -914,7 +924,7 @@ export function handleMessage(engines, msg) {
   }
   if (msg.op === "result") {
     const { kind, beta, steps } = msg.job;
-    const maps = msg.slots.map((j, s) => Float32Array.from(msg.t === 0 ? engine.source(j, kind, beta, steps) : run.q[s][msg.t - 1]));
+    const maps = msg.slots.map((j, s) => (msg.t === 0 ? engine.source(j, kind, beta, steps) : run.q[s][msg.t - 1]).slice());
     const thresholds = maps.map((m) => sharedFilter().otsu(m, engine.d.h, engine.d.w));
     return { reply: { maps, thresholds }, transfer: maps.map((m) => m.buffer) };
   }

@@ -20,6 +20,10 @@
 //     ncol, eps, out, outPlane)
 //     the guide statistics (guide_statistics, Eq. 7): row sums of I and I_i I_j, then per pixel pair the
 //     window means and the inverse of Sigma_k + eps U divided by n_k (strict float64, as the package's kernel)
+//   binarize(h, w, x, t, out, rows, cols)
+//     out = x > t (float32 compare) as bytes; rows / cols |= where a pixel differs from a 4-neighbour
+//   widen(n, src, dst)
+//     bytes -> float32 (a mask copied as the filter's output outside the active box)
 //   minmax(n, x, range) / hist(n, x, lo, scale, edges, counts, last)
 //     Otsu's range and histogram of a float32 map (numpy's bins: an estimate within one bin,
 //     fixed up against the float32 edges, as sgwsss.refine.otsu does)
@@ -259,9 +263,36 @@ function guideColumnsKernel() {
     code: [...g(eps), ...splat, ...set(ev), ...loop(x, n, body)] };
 }
 
+function binarizeKernel() {
+  // params: h, w, x, t (f32), out, rows, cols ; locals: y, i, v, q, left, up (i32)
+  const [h, w, x, t, out, rows, cols] = [...Array(7).keys()];
+  const [y, i, v, xx, n] = [7, 8, 9, 10, 11];
+  const F32 = 0x7d;
+  const u8at = (base, idx) => [...get(base), ...idx, ...iadd];
+  const mark = (base, idx) => [...u8at(base, idx), ...ic(1), 0x3a, 0, 0]; // i32.store8 1
+  const body = [
+    // i = y * w + xx ; v = x[i] > t
+    ...get(y), ...get(w), ...imul, ...get(xx), ...iadd, ...set(i),
+    ...get(x), ...get(i), ...ic(4), ...imul, ...iadd, ...f32load(), ...get(t), 0x5e, ...set(v), // f32.gt
+    ...u8at(out, get(i)), ...get(v), 0x3a, 0, 0,
+    ...ifThen([...get(xx), ...ic(0), 0x4a], ifThen([...u8at(out, [...get(i), ...ic(1), ...isub]), ...u8load, ...get(v), 0x47], // i32.ne
+      [...mark(rows, get(y)), ...mark(cols, [...get(xx), ...ic(1), ...isub]), ...mark(cols, get(xx))])),
+    ...ifThen([...get(y), ...ic(0), 0x4a], ifThen([...u8at(out, [...get(i), ...get(w), ...isub]), ...u8load, ...get(v), 0x47],
+      [...mark(rows, [...get(y), ...ic(1), ...isub]), ...mark(rows, get(y)), ...mark(cols, get(xx))])),
+  ];
+  const rowLoop = [...get(w), ...set(n), ...loop(xx, n, body)];
+  return { name: "binarize", params: [I32, I32, I32, F32, I32, I32, I32], locals: [[5, I32]], code: loop(y, h, rowLoop) };
+}
+
+function widenKernel() {
+  const [n, src, dst, i] = [0, 1, 2, 3];
+  const body = [...at(dst, i, 4), ...get(src), ...get(i), ...iadd, ...u8load, 0xb3, ...f32store]; // f32.convert_i32_u
+  return { name: "widen", params: [I32, I32, I32], locals: [[1, I32]], code: loop(i, n, body) };
+}
+
 /** The module's bytes: the kernels, importing their memory as env.mem. */
 export function moduleBytes(funcs = [coefKernel(), outputKernel(), slideKernel(), rows1Kernel(), rows3Kernel(), minmaxKernel(),
-  histKernel(), guideRowsKernel(), guideColumnsKernel()]) {
+  histKernel(), guideRowsKernel(), guideColumnsKernel(), binarizeKernel(), widenKernel()]) {
   const section = (id, body) => [id, ...u32(body.length), ...body];
   const types = funcs.map((f) => [0x60, ...vec(f.params.map((t) => [t])), 0]);
   const codes = funcs.map((f) => {
@@ -281,7 +312,7 @@ export function moduleBytes(funcs = [coefKernel(), outputKernel(), slideKernel()
 /**
  * The kernels on a fresh memory, or null where WebAssembly (with SIMD) is unavailable or
  * switched off (globalThis.sgwsssLiveNoWasm); the JS passes then run.
- * @returns {{memory: WebAssembly.Memory, coef, output, slide, rows1, rows3, minmax, hist, grows, gcols} | null}
+ * @returns {{memory: WebAssembly.Memory, coef, output, slide, rows1, rows3, minmax, hist, grows, gcols, binarize, widen} | null}
  */
 export function createKernels() {
   try {
