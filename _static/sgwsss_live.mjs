@@ -513,7 +513,7 @@ class Figure {
     const names = this.p.classNames;
     const cls = names[spec.classes[slot] + 1];
     const what = s.iterations > 0 ? `${s.stage}${s.iterations !== core.STAGE_ITERATIONS[s.stage] ? ` (${s.iterations} iterations)` : ""}` : s.stage;
-    const titles = [`${what}: map of ${cls}`, "pseudo label (Eq. 11)"];
+    const titles = [`${what}: map of ${cls} (0 blue, 1 red)`, "pseudo label (Eq. 11)"];
     if (spec.mask) titles.push("ground truth");
     this.titles.replaceChildren(...titles.map((t) => el("div", { text: t })));
     const present = spec.classes.map((k) => k + 1);

@@ -4,13 +4,15 @@
 (the RGB pixels, losslessly; the network's low-resolution maps of the present classes;
 the aggregation features on the affinity grid; optionally the ground truth) and returns an
 HTML display object. On the rendered book page the module ``_static/sgwsss_live.mjs``
-(with ``sgwsss_live_core.mjs`` and ``sgwsss_live_worker.mjs``, plain ES modules served by
-Sphinx from ``html_static_path``; ``.mjs`` because Jupyter Book adds every ``_static/**/*.js``
-to each page as a classic script) reproduces the package's operators -- Otsu's threshold,
-the colour guided filter (Eqs. 6-8) and its iterations, the affinity random walk
-(Eqs. 2, 3, 5), Eq. 11 -- and redraws the figure when a control moves. Where the module
-cannot run (Jupyter, Colab, a browser without the features) a static figure of the default
-setting stays, with one line saying why.
+(with ``sgwsss_live_core.mjs``, the operators, ``sgwsss_live_worker.mjs`` and
+``sgwsss_live_wasm.mjs``, WebAssembly SIMD kernels assembled at load time: plain ES modules
+served by Sphinx from ``html_static_path``; ``.mjs`` because Jupyter Book adds every
+``_static/**/*.js`` to each page as a classic script) reproduces the package's operators --
+Otsu's threshold, the colour guided filter (Eqs. 6-8) and its iterations, the affinity
+random walk (Eqs. 2, 3, 5), Eq. 11, the stages as :func:`sgwsss.refine.stages.refine_stage`
+assembles them (stage A: normalise, then upsample) -- and redraws the figure when a control
+moves. Where the module cannot run (Jupyter, Colab, a browser without the features) a static
+figure of the default setting stays, with one line saying why.
 
 A chapter uses it as::
 
