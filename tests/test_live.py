@@ -108,7 +108,6 @@ SETTINGS = [
     dict(stage="G", beta=40.0, steps=2),
     dict(stage="G-w/o-aff", iterations=5, threshold=0.35),
     dict(stage="G-iter15", radius=5, eps=1e-3),
-    dict(stage="G-iter15-w/o-aff", radius=17, eps=1e-6, iterations=15, image=1),
     dict(stage="G", radius=30, eps=1e-8, iterations=7, image=1),
 ]
 
@@ -144,9 +143,10 @@ def compare(page, img, stage, **kw):
                                      radius=kw["radius"], eps=kw["eps"], labels=img.labels[None],
                                      threshold=kw.get("threshold"))[0, list(CLASSES)].numpy()
         out["max_abs_same_r"] = float(np.abs(maps - refined).max())
-        # the package's own float32-vs-float64 difference on these inputs: the same flips
-        own, _ = live.stage_maps(img, stage, grid=CONFIG["grid"], dtype=torch.float64, **kw)
-        out["package_beyond_1e-3"] = float((np.abs(ref_maps - own.numpy()) > 1e-3).mean())
+        if out["beyond_1e-3"] > 1e-3:
+            # the package's own float32-vs-float64 difference on these inputs: the same flips
+            own, _ = live.stage_maps(img, stage, grid=CONFIG["grid"], dtype=torch.float64, **kw)
+            out["package_beyond_1e-3"] = float((np.abs(ref_maps - own.numpy()) > 1e-3).mean())
     return out
 
 
@@ -170,7 +170,7 @@ def test_page_matches_python(page, images, setting):
         assert r["r_max_abs"] <= 1e-3 and r["r_max_abs_float64"] <= 1e-5
     if "max_abs_same_r" in r:
         assert r["max_abs_same_r"] <= 1e-3
-        assert r["beyond_1e-3"] <= r["package_beyond_1e-3"] + 1e-3
+        assert r["beyond_1e-3"] <= r.get("package_beyond_1e-3", 0.0) + 1e-3
     else:
         assert r["max_abs"] <= 1e-3
     assert not page.errors
