@@ -117,14 +117,16 @@ def main():
             for warm in ("14", "20", "15", "19", "16"):  # let the JIT and WebAssembly tier-up compile the hot loops
                 move(page, "radius", warm)
             move(page, "radius", "17")
+            pooled = []
             for name, values in plan(args.changes).items():
                 COMPUTE.clear()
-                results[name] = summary([move(page, name, v) for v in values])
+                latencies = [move(page, name, v) for v in values]
+                pooled += latencies
+                results[name] = summary(latencies)
                 results[name]["compute_median_ms"] = statistics.median(COMPUTE)
             cached = [move(page, "iterations", str(k)) for k in (3, 9, 15, 6, 12)]
             cached += [move(page, "class", str(k % 2)) for k in (1, 2, 3, 4, 5)]
             browser.close()
-    everything = [v["median_ms"] for v in results.values()]
     print(f"image {img.id} ({item['image'].shape[-1]}x{item['image'].shape[-2]}), 2 classes, G-iter15, "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}, {workers}")
     print(f"first figure after page load: {first * 1000:.0f} ms")
@@ -133,10 +135,11 @@ def main():
               f"(all 15 iterations recomputed; of which computing {r['compute_median_ms']:.0f} ms)")
     print(f"cached (iterations, class): median {statistics.median(cached):.0f} ms over {len(cached)} changes")
     out = {"image": img.id, "classes": 2, "iterations": 15, "changes": results,
-           "median_recompute_ms": statistics.median(everything), "cached_median_ms": statistics.median(cached),
+           "median_recompute_ms": statistics.median(pooled), "recompute_changes": len(pooled),
+           "cached_median_ms": statistics.median(cached),
            "first_figure_ms": first * 1000, "chromium": chromium, "cores": os.cpu_count(), "engine": workers,
            "load_average": os.getloadavg()[0]}
-    print(f"median over the recomputing controls: {out['median_recompute_ms']:.0f} ms (goal: 150 ms)")
+    print(f"median over all {len(pooled)} recomputing changes: {out['median_recompute_ms']:.0f} ms (goal: 150 ms)")
     if not args.no_save:
         from sgwsss.book.report import machine, save_result
 
