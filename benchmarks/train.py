@@ -20,7 +20,7 @@ from sgwsss.train.checkpoint import network_for
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="cpu", choices=["cpu", "gpu", "paper"])
+    ap.add_argument("--config", default="cpu", choices=["cpu", "gpu", "paper", "smoke"])
     ap.add_argument("--voc-root", default=None)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
