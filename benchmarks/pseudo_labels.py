@@ -32,7 +32,7 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--voc-root", default=None)
     ap.add_argument("--checkpoint", default=None, help="a trained run's checkpoint (default: ImageNet weights)")
@@ -42,7 +42,7 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-save", action="store_true", help="print only; do not write sgwsss/book/results/pseudo_labels*.json")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -1,6 +1,6 @@
 """Training throughput and peak memory of step 1 and step 2.
 
-    python benchmarks/train.py [--config cpu|paper] [--iters 10] [--device cpu|cuda]
+    python benchmarks/train.py [--config cpu|gpu|paper] [--iters 10] [--device cpu|cuda]
 
 Uses each configuration's own batch sizes and crop size on real VOC crops
 (the ``paper`` configuration only on a GPU). Prints images/s and peak memory
@@ -18,14 +18,14 @@ from sgwsss.train import get_config
 from sgwsss.train.checkpoint import network_for
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="cpu", choices=["cpu", "paper"])
+    ap.add_argument("--config", default="cpu", choices=["cpu", "gpu", "paper", "smoke"])
     ap.add_argument("--voc-root", default=None)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-save", action="store_true", help="print only; do not write sgwsss/book/results/train_*.json")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     device = torch.device(args.device)
     if args.config == "paper" and device.type != "cuda":
         print("the paper configuration is measured on a GPU only; none here -- skipped")

@@ -23,7 +23,7 @@ from sgwsss import __version__
 from sgwsss.constants import STAGES
 
 # The Table 1 stage names; kept here too so that ``--help`` needs no torch import.
-CONFIG_NAMES = ("cpu", "paper", "smoke")
+CONFIG_NAMES = ("cpu", "gpu", "paper", "smoke")
 SPLITS = ("train", "train_aug", "val")
 
 

@@ -38,7 +38,7 @@ def test_no_command_prints_help_and_fails(capsys):
         (["pseudo-labels", "--checkpoint", "/nonexistent/ckpt.pt", "--out", "x"], "no such file: /nonexistent/ckpt.pt"),
         (["predict", "--checkpoint", "/nonexistent/ckpt.pt", "--out", "x"], "no such file"),
         (["evaluate", "--pred", "/nonexistent/pred"], "no such directory: /nonexistent/pred"),
-        (["train", "--config", "gpu", "--work-dir", "w"], "invalid choice: 'gpu'"),
+        (["train", "--config", "tpu", "--work-dir", "w"], "invalid choice: 'tpu'"),
     ],
 )
 def test_argument_errors_are_one_line(argv, expected):

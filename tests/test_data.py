@@ -1,18 +1,15 @@
-"""Tests of sgwsss.data: VOC loading, labels, palette, transforms, errors, download fallback."""
+"""Tests of sgwsss.data: VOC loading, labels, palette, transforms, errors (the download: tests/test_download.py)."""
 
 from __future__ import annotations
 
 import os
 import pathlib
-import tarfile
-import urllib.error
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageFile
 
-from sgwsss.data import download as dl
 from sgwsss.data.transforms import IMAGENET_MEAN, EvalTransform, TrainTransform
 from sgwsss.data.voc import (
     CLASSES,
@@ -444,69 +441,3 @@ def test_label_cache_on_disk_outside_root(tmp_path, monkeypatch):
     lst = voc / "ImageSets" / "Segmentation" / "train.txt"
     os.utime(lst, ns=(lst.stat().st_atime_ns, lst.stat().st_mtime_ns + 10**9))
     np.testing.assert_array_equal(VOCSegmentation(tmp_path / "data", split="train").labels, ds.labels)
-
-
-# --------------------------------------------------------------------------- download
-def test_download_without_network_says_so(tmp_path, monkeypatch):
-    def no_network(url, root, filename=None, md5=None):
-        raise urllib.error.URLError("Temporary failure in name resolution")
-
-    monkeypatch.setattr(dl, "download_url", no_network)
-    monkeypatch.setenv("SGWSSS_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("SGWSSS_VOC_ROOT", raising=False)
-    with pytest.raises(dl.VOCDownloadError,
-                       match=r"could not download https://\S+VOCtrainval_11-May-2012\.tar \(no network\?\) "
-                             r"-- set SGWSSS_VOC_ROOT to an existing copy") as e:
-        resolve_root(download=True)
-    assert isinstance(e.value, VOCDataError)
-
-
-def _tar(path: pathlib.Path, src: pathlib.Path, arcname: str) -> None:
-    with tarfile.open(path, "w:gz" if path.suffix == ".tgz" else "w") as tf:
-        tf.add(src, arcname=arcname)
-
-
-def test_prepare_voc_builds_aug_masks_and_train_aug(tmp_path, monkeypatch):
-    from scipy.io import savemat
-
-    # fake VOC archive: official masks for train (img_a, img_b) and val (img_c)
-    voc_src = make_voc(tmp_path / "src_voc", mask_folder="SegmentationClass",
-                       classes={"img_a": [8], "img_b": [12], "img_c": [3], "sbd_x": [], "sbd_y": []},
-                       splits={"train": ["img_a", "img_b"], "val": ["img_c"]})
-    for i in ("sbd_x", "sbd_y"):
-        (voc_src / "SegmentationClass" / f"{i}.png").unlink()
-    # fake SBD: masks for sbd_x, sbd_y, img_b (overridden by the official one) and img_c (val)
-    sbd = tmp_path / "src_sbd" / "dataset"
-    (sbd / "cls").mkdir(parents=True)
-    sbd_masks = {i: np.full((24, 32), c, np.uint8) for i, c in
-                 (("sbd_x", 17), ("sbd_y", 0), ("img_b", 5), ("img_c", 3))}
-    for i, m in sbd_masks.items():
-        savemat(sbd / "cls" / f"{i}.mat", {"GTcls": {"Segmentation": m, "CategoriesPresent": np.array([1])}})
-    (sbd / "train.txt").write_text("sbd_x\nimg_b\nimg_c\n")
-    (sbd / "val.txt").write_text("sbd_y\n")
-    archives = tmp_path / "archives"
-    archives.mkdir()
-    _tar(archives / dl.VOC2012_TRAINVAL["filename"], tmp_path / "src_voc" / "VOCdevkit", "VOCdevkit")
-    _tar(archives / dl.SBD_ARCHIVE["filename"], sbd, "benchmark_RELEASE/dataset")
-    fetched = []
-
-    def fake_download(url, root, filename=None, md5=None):
-        fetched.append((url, md5))
-        (pathlib.Path(root) / filename).write_bytes((archives / filename).read_bytes())
-
-    monkeypatch.setattr(dl, "download_url", fake_download)
-    voc = resolve_root(tmp_path / "cache_root", download=True)
-    assert voc == tmp_path / "cache_root" / "VOCdevkit" / "VOC2012"
-    assert [u for u, _ in fetched] == [dl.VOC2012_TRAINVAL["url"], dl.SBD_ARCHIVE["url"]]
-    assert all(md5 and len(md5) == 32 for _, md5 in fetched)
-    assert not list((tmp_path / "cache_root").glob("*.tar")) and not list((tmp_path / "cache_root").glob("*.tgz"))
-    assert read_split(voc, "train_aug") == ["img_a", "img_b", "sbd_x", "sbd_y"]
-    aug = voc / "SegmentationClassAug"
-    np.testing.assert_array_equal(read_mask(aug / "sbd_x.png"), sbd_masks["sbd_x"])
-    np.testing.assert_array_equal(read_mask(aug / "img_b.png"),
-                                  read_mask(voc / "SegmentationClass" / "img_b.png"))  # official wins
-    ds = VOCSegmentation(tmp_path / "cache_root", split="train_aug", with_mask=True)
-    assert [label_to_names(lab) for lab in ds.labels] == [["cat"], ["dog"], ["sheep"], []]
-    # idempotent: nothing downloaded again
-    fetched.clear()
-    assert resolve_root(tmp_path / "cache_root", download=True) == voc and fetched == []

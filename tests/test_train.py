@@ -26,8 +26,8 @@ def smoke(**overrides):
 
 # ----------------------------------------------------------------------------- config
 def test_unknown_config_name_and_field():
-    with pytest.raises(ValueError, match="unknown config name 'gpu'"):
-        get_config("gpu")
+    with pytest.raises(ValueError, match="unknown config name 'tpu'"):
+        get_config("tpu")
     with pytest.raises(ValueError, match=r"unknown TrainConfig field\(s\) \['step1_iterations'\]"):
         get_config("cpu", step1_iterations=3)
     with pytest.raises(ValueError, match="step1_iters must be a positive integer"):
@@ -458,3 +458,12 @@ def test_run_name_gives_each_configuration_its_own_folder():
     assert re.fullmatch(r"smoke-budget0\.3-[0-9a-f]{8}", shorter)
     reseeded = run_name(get_config("smoke", budget=1.0, seed=1))
     assert reseeded.startswith("smoke-budget1-") and len({base, shorter, reseeded}) == 3
+
+
+def test_gpu_preset_is_the_cpu_model_on_more_images_and_iterations():
+    """The chapters train ``gpu`` in place of ``cpu`` on a CUDA device: the same network and
+    pseudo-label settings (figures and the travelling ``cpu`` checkpoint stay comparable)."""
+    cpu, gpu = CONFIGS["cpu"].to_dict(), CONFIGS["gpu"].to_dict()
+    differ = {k for k in cpu if cpu[k] != gpu[k]}
+    assert differ == {"name", "max_images", "step1_iters", "step2_iters", "checkpoint_interval"}
+    assert (gpu["max_images"], gpu["step1_iters"], gpu["step2_iters"]) == (2500, 1000, 750)

@@ -1,10 +1,15 @@
 """Helpers shared by the book's chapters (d2l style: chapters import, the package works).
 
-* :func:`voc_root` -- where the data is: ``$SGWSSS_VOC_ROOT`` locally, a download
-  into the cache in Colab.
-* :func:`work_dir` -- where chapters keep trained checkpoints so later chapters
-  reuse them (``$SGWSSS_WORK_DIR``, default ``<cache>/work`` with the cache of
-  :func:`sgwsss.data.cache_dir`, ``~/.cache/sgwsss`` by default).
+* :func:`voc_root` -- where the data is: the ``root`` argument or ``$SGWSSS_VOC_ROOT``, else the
+  cache folder, which ``make data`` (``python -m sgwsss.data.download``) fills. In Colab the data is
+  downloaded into the cache by the first cell; with Google Drive mounted (the first cell asks) the
+  downloaded archives are kept on Drive, so a new runtime only extracts them again.
+* :func:`work_dir` -- where the chapters keep trained runs so later chapters reuse them
+  (``$SGWSSS_WORK_DIR``; in Colab with Drive ``MyDrive/sgwsss``, so a new runtime reuses them;
+  else ``<cache>/work`` with the cache of :func:`sgwsss.data.cache_dir`).
+* :func:`train_run` -- the book's model: a finished run of its configuration, else (the default
+  in Colab) the trained ``cpu`` model that travels with the package (:mod:`sgwsss.book.pretrained`),
+  else trained here; on a CUDA device the chapters' ``"cpu"`` trains the ``gpu`` preset.
 """
 from __future__ import annotations
 
@@ -13,6 +18,16 @@ import sys
 from pathlib import Path
 
 REPO_URL = "https://github.com/sgwsss/sgwsss"
+COLAB_DRIVE = Path("/content/drive/MyDrive")  # where Colab mounts Google Drive (drive.mount("/content/drive"))
+DRIVE_FOLDER = "sgwsss"  # MyDrive/sgwsss: the runs; MyDrive/sgwsss/archives: the downloaded archives
+
+# What the first run costs in Colab (said once). Measured on two cloud CPU cores (the book's cpu run on
+# the VOC sample, sgwsss/book/results/stages.json run_seconds): step 1 663 s, pseudo labels 381.6 s for
+# 937 images (2.46 images/s), step 2 644 s. The full train_aug has 10,582 images: 663 + 10582 / 2.46 + 644 s.
+_CPU_FULL_MINUTES = round((663 + 10582 / 2.46 + 644) / 60)
+_GPU_MINUTES = "5-8"  # the gpu preset on a T4: an estimate, see its docstring in sgwsss/train/config.py
+
+_said: set = set()
 
 
 def in_colab() -> bool:
@@ -20,25 +35,94 @@ def in_colab() -> bool:
     return "google.colab" in sys.modules
 
 
-def voc_root(root: str | os.PathLike | None = None) -> Path:
+def _say_once(key, text: str) -> None:
+    if key not in _said:
+        _said.add(key)
+        print(text)
+
+
+def drive_dir(mount: bool = False) -> Path | None:
+    """``MyDrive/sgwsss`` in Colab when Google Drive is mounted, else ``None``.
+
+    ``mount``: first ask to mount Drive when it is not (Colab shows its permission dialog; declining
+    carries on without Drive, and this runtime does not ask again).
+    """
+    if not in_colab():
+        return None
+    if mount and not COLAB_DRIVE.is_dir() and "no-drive" not in _said:
+        try:
+            from google.colab import drive
+
+            drive.mount(str(COLAB_DRIVE.parent))
+        except Exception as e:  # declined, or no Drive for this account
+            _say_once("no-drive", f"Google Drive not mounted ({type(e).__name__}: {e}).")
+    if not COLAB_DRIVE.is_dir():
+        return None
+    folder = COLAB_DRIVE / DRIVE_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _colab_note(store: Path | None) -> str:
+    """One paragraph: where the data and runs live in this runtime, and what the first run costs."""
+    import torch
+
+    from sgwsss.book import pretrained
+    from sgwsss.train import get_config
+
+    if store is not None:
+        data = (f"Google Drive: the downloaded archives stay in {store / 'archives'} and the trained runs in "
+                f"{store}, so a new runtime reuses both (it only extracts the data again, a few minutes).")
+    else:
+        data = ("No Google Drive: this runtime downloads VOC 2012 + SBD (3.4 GB: about 6 minutes at 10 MB/s, "
+                "longer from a slow host) and prepares them (about 3 minutes), and loses both when it ends; "
+                "mount Drive to keep them.")
+    info = pretrained.manifest("cpu")
+    if info is not None and info["config"] == get_config("cpu").to_dict():
+        model = ("The chapters use the trained 'cpu' model that comes with sgwsss (seconds); "
+                 "book.train_run('cpu', pretrained=False) trains your own instead.")
+    elif torch.cuda.is_available():
+        g = get_config("gpu")
+        model = (f"The first chapter run trains the 'gpu' configuration ({g.max_images} images, {g.step1_iters} + "
+                 f"{g.step2_iters} iterations): about {_GPU_MINUTES} minutes on a T4 (an estimate).")
+    else:
+        model = (f"No GPU: the first chapter run trains the 'cpu' configuration on this runtime's CPU, about "
+                 f"{_CPU_FULL_MINUTES} minutes for the 10,582 images of train_aug; a GPU runtime is much faster.")
+    return f"{data} {model}"
+
+
+def voc_root(root: str | os.PathLike | None = None, drive: bool = True) -> Path:
     """The VOC root for the chapters.
 
-    Locally this is ``root`` or ``$SGWSSS_VOC_ROOT`` (a clear error says how to set
-    it when missing). In Colab, VOC 2012 and the SBD masks are downloaded once into
-    the cache (a few GB, with a progress bar).
+    Locally this is ``root`` or ``$SGWSSS_VOC_ROOT``, else the cache folder that ``make data``
+    prepares (a clear error says what to do when it is missing). In Colab (no root given) VOC 2012
+    and the SBD masks are downloaded into the cache once per runtime, with a progress bar; with
+    Google Drive mounted (``drive``: ask to mount it) the archives are kept on Drive and a new
+    runtime extracts them from there. The first call in Colab says what the first run costs.
     """
-    from sgwsss.data import resolve_root
+    from sgwsss.data import ENV_VAR, cache_dir, resolve_root
 
-    return resolve_root(root, download=in_colab())
+    if in_colab() and root is None and not os.environ.get(ENV_VAR):
+        from sgwsss.data.download import prepare_voc
+
+        store = drive_dir(mount=drive)
+        _say_once("colab", _colab_note(store))
+        prepare_voc(cache_dir(), archive_dir=None if store is None else store / "archives",
+                    keep_archives=store is not None)
+    return resolve_root(root)
 
 
 def work_dir(name: str = "") -> Path:
-    """Folder for the book's trained models and outputs (created if needed)."""
+    """Folder for the book's trained models and outputs (created if needed): ``$SGWSSS_WORK_DIR``,
+    else ``MyDrive/sgwsss`` in Colab with Google Drive mounted, else ``<cache>/work``."""
     base = os.environ.get("SGWSSS_WORK_DIR")
     if base is None:
-        from sgwsss.data import cache_dir
+        store = drive_dir()
+        if store is None:
+            from sgwsss.data import cache_dir
 
-        base = os.path.join(cache_dir(), "work")
+            store = Path(cache_dir()) / "work"
+        base = store
     path = Path(base) / name if name else Path(base)
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -60,34 +144,84 @@ def run_name(cfg) -> str:
     return f"{cfg.name}-budget{cfg.budget:g}-{key}"
 
 
-def train_run(config: str = "cpu", **overrides) -> Path:
-    """Train the book's model with Algorithm 1, or reuse it when already trained.
+def book_config(config: str = "cpu") -> str:
+    """The preset the chapters' ``config`` trains here: ``"gpu"`` for ``"cpu"`` on a CUDA device
+    (the same network, sized for one GPU, see :mod:`sgwsss.train.config`), else ``config``."""
+    import torch
 
-    The run lives in ``work_dir(run_name(cfg))`` (:func:`run_name`), the hash naming the full
-    configuration, so a changed configuration trains afresh instead of reusing a stale
-    run; a killed run resumes from its last checkpoint. ``SGWSSS_BUDGET`` (see :mod:`sgwsss.train.config`) is the
-    one switch that shortens training under test (``make test`` sets it).
-    Returns the run folder (``config.json``, ``metrics.jsonl``, ``checkpoints/``,
-    ``round*/pseudo/``, ``final.pt``).
+    return "gpu" if config == "cpu" and torch.cuda.is_available() else config
+
+
+def _travelling_run(config: str, overrides: dict, strict: bool) -> Path | None:
+    """The run folder of the trained ``config`` model that travels with the package, when it was
+    trained with exactly ``get_config(config, **overrides)``; else ``None`` (``strict``: raise)."""
+    from sgwsss.book import pretrained
+    from sgwsss.train import get_config
+
+    info = pretrained.manifest(config)
+    if info is None:
+        problem = f"no trained '{config}' model travels with this install of sgwsss"
+    elif info["config"] != get_config(config, **overrides).to_dict():
+        problem = (f"the travelling '{config}' model was trained with another configuration (another "
+                   f"SGWSSS_BUDGET, overrides or sgwsss version)")
+    else:
+        run = pretrained.materialize(info, work_dir())
+        _say_once(("pretrained", config), f"Using the trained '{config}' model that comes with sgwsss (sha256 "
+                                          f"{info['sha256'][:12]}..., checked); book.train_run('{config}', "
+                                          f"pretrained=False) trains your own, which later calls then use.")
+        return run
+    if strict:
+        raise pretrained.PretrainedError(f"{problem}; book.train_run('{config}', pretrained=False) trains one")
+    _say_once(("no-pretrained", config), f"{problem}: training it here.")
+    return None
+
+
+def train_run(config: str = "cpu", pretrained: bool | None = None, **overrides) -> Path:
+    """The book's model (Algorithm 1): reused when already trained, else taken from the package or trained.
+
+    In order:
+
+    1. a finished run of :func:`book_config` ``(config)`` (with ``overrides``) in
+       ``work_dir(run_name(cfg))`` (:func:`run_name`: the hash names the full configuration,
+       so a changed configuration never reuses a stale run);
+    2. when ``pretrained`` (default: in Colab), the trained model of ``config`` that travels
+       with the package (:mod:`sgwsss.book.pretrained`, SHA-256 checked), if it was trained
+       with exactly this configuration; ``pretrained=True`` raises when there is none;
+    3. training it (:func:`sgwsss.train.train`, resuming a killed run from its last checkpoint).
+       On a CUDA device ``"cpu"`` trains the ``gpu`` preset. ``SGWSSS_BUDGET`` (see
+       :mod:`sgwsss.train.config`) is the one switch that shortens training under test.
+
+    So ``train_run("cpu", pretrained=False)`` trains your own model, and the chapters' later
+    ``train_run("cpu")`` calls find it (step 1). Returns the run folder (``config.json``,
+    ``metrics.jsonl``, ``checkpoints/``, ``final.pt``; a trained run also ``round*/pseudo/``).
     """
     from sgwsss.train import get_config, train
 
-    cfg = get_config(config, **overrides)
+    cfg = get_config(book_config(config), **overrides)
     run = work_dir(run_name(cfg))
-    if not (run / "final.pt").exists():
-        train(cfg, voc_root=voc_root(), work_dir=run, resume=True)
+    if (run / "final.pt").exists():
+        return run
+    use_pretrained = in_colab() if pretrained is None else pretrained
+    if use_pretrained:
+        travelling = _travelling_run(config, overrides, strict=pretrained is not None)
+        if travelling is not None:
+            return travelling
+    train(cfg, voc_root=voc_root(), work_dir=run, resume=True)
     return run
 
 
 def load_model(run: Path, which: str = "step1"):
     """The network of a run: ``which="step1"`` after step 1 of round 1 (the one the
-    pseudo labels of Table 1 come from), ``"final"`` after Algorithm 1. Eval mode."""
+    pseudo labels of Table 1 come from), ``"final"`` after Algorithm 1. Eval mode.
+    A file of the travelling model is checked against its SHA-256 first."""
     import torch
 
+    from sgwsss.book.pretrained import check_file
     from sgwsss.train import load_checkpoint
 
-    path = Path(run) / ("final.pt" if which == "final" else "checkpoints/round1_step1.pt")
-    model, meta = load_checkpoint(path, device="cuda" if torch.cuda.is_available() else "cpu")
+    relative = "final.pt" if which == "final" else "checkpoints/round1_step1.pt"
+    check_file(run, relative)
+    model, meta = load_checkpoint(Path(run) / relative, device="cuda" if torch.cuda.is_available() else "cpu")
     model.eval()
     return model, meta
 

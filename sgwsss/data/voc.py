@@ -98,7 +98,8 @@ def _how_to_set_root() -> str:
     return (
         f"Set {ENV_VAR} to the folder that holds VOCdevkit/ (or to the VOC2012 folder itself), "
         f"e.g. `export {ENV_VAR}=/data/voc`, or pass root=..., "
-        f"or use download=True to fetch VOC2012 + SBD into {cache_dir()}."
+        f"or download VOC2012 + SBD into {cache_dir()} with `python -m sgwsss.data.download` "
+        f"(`make data`; or download=True)."
     )
 
 
@@ -361,7 +362,8 @@ def read_split(voc_dir: str | os.PathLike, split: str) -> list[str]:
     if not path.is_file():
         hint = ""
         if split == "train_aug":
-            hint = " (train_aug.txt is built by download=True, see sgwsss.data.download.build_train_aug_list)"
+            hint = (" (train_aug.txt is built from SBD by `python -m sgwsss.data.download --root ROOT`, "
+                    "see sgwsss.data.download.build_train_aug_list)")
         raise VOCMissingError(
             f"split {split!r}: list file {path} not found{hint}; available splits: "
             f"{available_splits(voc_dir) or 'none'}. {_how_to_set_root()}"

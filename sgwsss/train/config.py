@@ -2,7 +2,7 @@
 
 :class:`TrainConfig` holds every knob of the alternating training (step 1:
 ``L_cls + lam * L_aff``, Eq. 13; pseudo labels; step 2: ``L_seg``, Eq. 12), and
-:data:`CONFIGS` names three presets:
+:data:`CONFIGS` names four presets:
 
 ``paper``
     The paper's setting: DeepLab-v2 ResNet-101, 321x321 crops, step 1 with batch
@@ -41,6 +41,24 @@
       always trains ``T = D^-1 W`` (Eq. 3).
     * pseudo labels come from ``G-iter15``, the paper's best stage, with the maps
       averaged over the image and its mirror image (``infer_flip``, +0.6).
+``gpu``
+    The ``cpu`` network and pseudo-label settings sized for one GPU: the first 2,500 images of
+    ``train_aug`` (10,582 on the full data), 1,000 step-1 and 750 step-2 iterations (batch 8, the
+    ``cpu`` learning rates), AMP. The chapters train it in place of ``cpu`` on a CUDA device
+    (:func:`sgwsss.book.train_run`). Sized so that the whole run, and with it the first figure of
+    any chapter, takes at most about 10 minutes on a Colab T4 once the data is in place. This is an
+    estimate, not a measurement (no GPU was at hand); it rests on: the CPU data pipeline, 17 ms per
+    augmented 256 px crop on one core here, so 2 loader workers (Colab's 2 vCPUs) feed about 115
+    images/s, i.e. about 70 ms per batch of 8, which bounds both steps (GPU compute per iteration is
+    less: NVIDIA's published EfficientNet-B0 training throughput is 1,301 images/s on one V100 with
+    AMP; a T4 has about a third of its memory bandwidth and half its FP16 tensor throughput, so
+    about 400 images/s, i.e. 20-40 ms per batch of 8 at our 256 px crops with its heavier head);
+    and the pseudo labels at an assumed 15-33 images/s (on two CPU cores 2.9 images/s, 71% of it
+    the forward pass, see ``benchmarks/pseudo_labels.py``). Step 1: 1,000 x 70 ms = 70 s; pseudo
+    labels: 2,500 / 15-33 per s = 76-167 s; step 2: 750 x 70 ms = 53 s; start-up, image-level labels
+    of ``train_aug`` and checkpoints about 35 s: 4-5.5 minutes, 8 if the GPU parts run at half the
+    assumed speed. ``benchmarks/gpu_check.py`` measures the real figures on a GPU. Its accuracy has
+    not been measured either (the ``cpu`` settings were tuned at 400 + 300 iterations).
 ``smoke``
     A few iterations on a handful of images with a random-init network; for tests
     and CI.
@@ -207,6 +225,13 @@ CONFIGS: Dict[str, TrainConfig] = {
         rounds=1, grid=25, beta=50.0, radius=17, eps=1e-6, pseudo_stage="G-iter15", infer_flip=True,
         checkpoint_interval=100, log_interval=10, num_workers=2, amp=True,
     ),
+    "gpu": TrainConfig(
+        name="gpu", backbone="efficientnet_lite0", pretrained=True, output_stride=16, classifier_init="identity",
+        freeze_early=True, max_images=2500, crop_size=256, scale=(0.7, 1.3), step1_batch_size=8, step1_lr=3e-3,
+        step1_iters=1000, step2_batch_size=8, step2_lr=2.5e-4, step2_iters=750,
+        rounds=1, grid=25, beta=50.0, radius=17, eps=1e-6, pseudo_stage="G-iter15", infer_flip=True,
+        checkpoint_interval=250, log_interval=10, num_workers=2, amp=True,
+    ),
     "smoke": TrainConfig(
         name="smoke", backbone="efficientnet_lite0", pretrained=False, output_stride=8, max_images=4, crop_size=64,
         step1_batch_size=2, step1_lr=1e-3, step1_iters=4,
@@ -237,7 +262,7 @@ def scale_iterations(iters: int, budget: float) -> int:
 
 
 def get_config(name: str = "cpu", budget: Optional[float] = None, **overrides) -> TrainConfig:
-    """The preset ``name`` (``paper``, ``cpu``, ``smoke``) with ``overrides`` applied.
+    """The preset ``name`` (``paper``, ``cpu``, ``gpu``, ``smoke``) with ``overrides`` applied.
 
     The step-1 and step-2 iteration counts (after overrides) are multiplied by
     ``budget`` (default: ``$SGWSSS_BUDGET``, else 1), see :func:`scale_iterations`.
