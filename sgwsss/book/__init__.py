@@ -229,7 +229,7 @@ def load_model(run: Path, which: str = "step1"):
 class Explorer:
     """One image's expensive intermediate results, computed once, for fast sliders.
 
-    Holds the network outputs (localization maps, aggregation features), the
+    Holds the network outputs (localization maps ``cam``, aggregation features ``feat``), the
     normalised maps A at image size, the affinity grid and the guided filter's
     guide statistics; the methods recompute only the cheap step a control changes.
 
@@ -256,6 +256,7 @@ class Explorer:
         with torch.no_grad():
             out = model.infer(self.image, self.config.infer_scales, self.config.infer_flip)
             self.cam = out.cam
+            self.feat = out.feat  # the aggregation features F (Eq. 2), kept for sgwsss.book.live
             self.W = affinity_matrix(out.feat, grid=self.grid)
         self.A = normalize_maps(torch.nn.functional.interpolate(out.cam, size=self.image.shape[-2:], mode="bilinear",
                                                                 align_corners=False), self.labels)
