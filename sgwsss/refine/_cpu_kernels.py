@@ -29,18 +29,49 @@ spread over numba's threads; ``prepare_threads`` matches torch's thread count.
 passes, per iteration) in one compiled call with preallocated buffers.
 
 Loops index views from 0 (no negative-index checks, so LLVM vectorises them).
-Non-finite values are counted inside passes that read the values anyway (the guide
-in its statistics, maps in their range or in pass 1); the ``fastmath`` flags leave
-out ``nnan``/``ninf`` so these checks survive compilation. The Otsu code runs without
-fastmath: it reproduces scikit-image's float32 arithmetic bit for bit.
+Non-finite values are found inside passes that read the values anyway (the guide in
+its statistics, maps in their range or in pass 1): a row's float64 total is NaN or
+infinite as soon as one value is, and :func:`_nonfinite` tests it, compiled without
+fast-math (the kernels' ``fastmath`` flags leave out ``nnan``/``ninf``; the helpers
+that return the test are not ``inline="always"``, which loses it in numba 0.68).
+The Otsu code runs without fast-math: it reproduces scikit-image's float32
+arithmetic bit for bit.
 """
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
 
+def _load_pip_tbb() -> None:
+    """Let numba find a pip-installed TBB, so that it runs its parallel loops on TBB.
+
+    numba takes TBB as its threading layer when it can load ``libtbb.so.12``; the ``tbb``
+    wheel puts it in ``<prefix>/lib``, which the loader does not search, so numba falls
+    back to OpenMP. OpenMP's workers busy-wait between parallel loops (and numba shares
+    torch's libgomp): when other processes use the cores, each parallel loop can then wait
+    ~20 ms for a worker (measured on a loaded 2-core machine: a trivial two-thread loop
+    took 16-24 ms with OpenMP, 0.005 ms with TBB). Loading the library from the prefix
+    changes nothing when numba was told another layer (``NUMBA_THREADING_LAYER``).
+    """
+    if os.environ.get("NUMBA_THREADING_LAYER", "default") not in ("default", "safe", "tbb"):
+        return
+    import ctypes
+    import sys
+
+    for name in ("libtbb.so.12", "libtbb.12.dylib"):
+        path = os.path.join(sys.prefix, "lib", name)
+        if os.path.exists(path):
+            try:
+                ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+            except OSError:  # pragma: no cover - a broken install: numba picks another layer
+                pass
+            return
+
+
 try:  # numba is an optional accelerator: without it the torch path runs
+    _load_pip_tbb()
     import numba
     from llvmlite import ir
     from numba import njit, prange, types
@@ -126,6 +157,12 @@ if numba is not None:
         return types.uint64(), codegen
 
     # ------------------------------------------------------------------ shared pieces
+    @njit(cache=True)
+    def _nonfinite(v):
+        # True for NaN and +-Inf (compiled without fast-math: LLVM keeps the test). Kernels apply it to a
+        # row's total, which is non-finite as soon as one summand is.
+        return not (v - v == 0.0)
+
     @njit(inline="always", **_OPTS)
     def _window(P, o, r, w):
         # o[x] = P[min(x + r + 1, w)] - P[max(x - r, 0)]: clipped window sums from prefix sums P (w + 1,)
@@ -142,9 +179,9 @@ if numba is not None:
             o[x] = P[w] - P[x - r]
 
     @njit(inline="always", **_OPTS)
-    def _scan_window4(v0, v1, v2, v3, P, rows, y, r):
-        # rows[c, y] = clipped row-window sums of v_c (c = 0..3), from float64 prefix sums in P (4, w + 1)
-        w = rows.shape[2]
+    def _scan_window4(v0, v1, v2, v3, P, o0, o1, o2, o3, r):
+        # o_c = clipped row-window sums of v_c (c = 0..3, length w), from float64 prefix sums in P (4, w + 1)
+        w = v0.shape[0]
         P0, P1, P2, P3 = P[0], P[1], P[2], P[3]
         s0 = 0.0
         s1 = 0.0
@@ -159,10 +196,47 @@ if numba is not None:
             P1[x + 1] = s1
             P2[x + 1] = s2
             P3[x + 1] = s3
-        _window(P0, rows[0, y], r, w)
-        _window(P1, rows[1, y], r, w)
-        _window(P2, rows[2, y], r, w)
-        _window(P3, rows[3, y], r, w)
+        _window(P0, o0, r, w)
+        _window(P1, o1, r, w)
+        _window(P2, o2, r, w)
+        _window(P3, o3, r, w)
+
+    @njit(inline="always", **_OPTS)
+    def _coefficients_row(s0a, s1a, s2a, s3a, mu, icn, gy, g, kh, nw, o0, o1, o2, o3):
+        # He et al.'s closed form on one row: window sums [sum p, sum I p] (s*a) -> [a_k (3), b_k] (o*)
+        m0, m1, m2 = mu[0, gy, g], mu[1, gy, g], mu[2, gy, g]
+        g0, g1, g2, g3, g4, g5 = icn[0, gy, g], icn[1, gy, g], icn[2, gy, g], icn[3, gy, g], icn[4, gy, g], \
+            icn[5, gy, g]
+        for j in range(o0.shape[0]):
+            s0 = s0a[j]
+            d0 = s1a[j] - m0[j] * s0  # n_k cov_k(I, p)
+            d1 = s2a[j] - m1[j] * s0
+            d2 = s3a[j] - m2[j] * s0
+            a0 = g0[j] * d0 + g1[j] * d1 + g2[j] * d2  # a_k
+            a1 = g1[j] * d0 + g3[j] * d1 + g4[j] * d2
+            a2 = g2[j] * d0 + g4[j] * d1 + g5[j] * d2
+            o0[j] = a0
+            o1[j] = a1
+            o2[j] = a2
+            o3[j] = s0 * kh * nw[j] - a0 * m0[j] - a1 * m1[j] - a2 * m2[j]  # b_k
+
+    @njit(inline="always", **_OPTS)
+    def _output_row(s0a, s1a, s2a, s3a, guide, gy, g, kh, nw, out, cmn, cmx):
+        # Eq. 6 averaged over the windows on one row: window sums [sum a, sum b] -> out = (sum(a)^T I + sum(b)) / n;
+        # updates the columns' min / max (cmn, cmx) and returns the row's (min, max)
+        i0, i1, i2 = guide[0, gy, g], guide[1, gy, g], guide[2, gy, g]
+        n = out.shape[0]
+        for j in range(n):
+            out[j] = (s0a[j] * i0[j] + s1a[j] * i1[j] + s2a[j] * i2[j] + s3a[j]) * (kh * nw[j])
+        lo = out[0]
+        hi = out[0]
+        for j in range(n):
+            v = out[j]
+            lo = min(lo, v)
+            hi = max(hi, v)
+            cmn[j] = min(cmn[j], v)
+            cmx[j] = max(cmx[j], v)
+        return lo, hi
 
     @njit(inline="always", **_OPTS)
     def _chunks(n, nt):
@@ -171,21 +245,15 @@ if numba is not None:
         parts = max(1, min(nt, n))
         return parts, -(-n // parts)
 
-    @njit(inline="always", **_OPTS)
-    def _block(width, nt):
-        # column block width of the column passes: the width split over nt threads (16-aligned)
-        per = -(-width // max(nt, 1))
-        return max(16, -(-per // 16) * 16)
-
     # ------------------------------------------------------------------ guide statistics
     _adjugate = njit(inline="always", **_OPTS)(adjugate_sym3)
 
-    @njit(inline="always", **_OPTS)
+    @njit(**_OPTS)  # not inline="always": numba's inliner loses the non-finite test (numba 0.68)
     def _slide_products(acc, a0, a1, a2, s0, s1, s2, wa, ws, n):
         # acc[0..8] += wa f(a) - ws f(s), f = (I_0, I_1, I_2, I_0 I_0, I_0 I_1, I_0 I_2, I_1 I_1, I_1 I_2,
         # I_2 I_2) of guide rows a = (a0, a1, a2), s; wa, ws in {0, 1}. True if a holds NaN or +-Inf (wa = 1).
         c0, c1, c2, c3, c4, c5, c6, c7, c8 = acc[0], acc[1], acc[2], acc[3], acc[4], acc[5], acc[6], acc[7], acc[8]
-        chk = 0.0
+        total = 0.0
         for x in range(n):
             u0 = wa * a0[x]
             u1 = wa * a1[x]
@@ -193,7 +261,7 @@ if numba is not None:
             v0 = ws * s0[x]
             v1 = ws * s1[x]
             v2 = ws * s2[x]
-            chk += (u0 - u0) + (u1 - u1) + (u2 - u2)  # NaN as soon as one value is NaN or +-Inf
+            total += u0 + u1 + u2
             c0[x] += u0 - v0
             c1[x] += u1 - v1
             c2[x] += u2 - v2
@@ -203,7 +271,7 @@ if numba is not None:
             c6[x] += u1 * a1[x] - v1 * s1[x]
             c7[x] += u1 * a2[x] - v1 * s2[x]
             c8[x] += u2 * a2[x] - v2 * s2[x]
-        return chk != 0.0
+        return _nonfinite(total)
 
     @njit(inline="always", **_OPTS)
     def _stats_row(S, eps, kh, nw, T, n):
@@ -300,173 +368,121 @@ if numba is not None:
         flags[0] = out[:, 0].sum()
         flags[1] = out[:, 1].sum()
 
-    # ------------------------------------------------------------------ the four passes (row / column parts)
+    # ------------------------------------------------------------------ the guided filter
+    @njit(**_OPTS)  # not inline="always": it returns the non-finite test (see the module docstring)
+    def _slide_inputs(acc, pa, a0, a1, a2, wa, ps, s0, s1, s2, ws, t, binarise):
+        # acc[c] += wa f(pa) - ws f(ps), f = [p, p I_0, p I_1, p I_2] of rows p (src values, binarised as p > t
+        # if binarise) with guide rows a / s; wa, ws in {0, 1}. True if the entering row holds NaN / +-Inf.
+        c0, c1, c2, c3 = acc[0], acc[1], acc[2], acc[3]
+        total = 0.0
+        for x in range(pa.shape[0]):
+            u = wa * ((1.0 if pa[x] > t else 0.0) if binarise else float(pa[x]))
+            v = ws * ((1.0 if ps[x] > t else 0.0) if binarise else float(ps[x]))
+            total += u
+            c0[x] += u - v
+            c1[x] += u * a0[x] - v * s0[x]
+            c2[x] += u * a1[x] - v * s1[x]
+            c3[x] += u * a2[x] - v * s2[x]
+        return _nonfinite(total)
+
     @njit(**_OPTS)
-    def _rows_input_part(src, t, binarise, guide, y0, x0, rows, r, ya, yb):
-        # pass 1 on crop rows ya..yb: rows[c, y] = clipped row-window sums of [p, p I_0, p I_1, p I_2],
-        # p = [src > t] (binarise) or src, on the crop at (y0, x0); returns the rows holding non-finite p
-        wc = rows.shape[2]
+    def _filter_stream(src, dst, t, binarise, guide, mu, icn, inv_nh, inv_nw, box, r, ring_p, ring_ab,
+                       rmin, rmax, cmin, cmax):
+        # _filter_serial in one sweep down the crop box[0:4] (output box box[4:8]; dst may be src): column
+        # window sums first (float64 running sums of [p, I p] as rows enter and leave, the leaving ones kept in
+        # ring_p (>= 2r + 2 rows of src's dtype)), then the row windows of those sums, the coefficients of the
+        # row, kept in ring_ab (>= 2r + 2 rows of 4 x width), whose column sums and row windows give the output
+        # r rows later. The working set stays in the caches. Returns the rows holding non-finite values.
+        y0, y1, x0, x1 = box[0], box[1], box[2], box[3]
+        hc = y1 - y0
+        wc = x1 - x0
+        nring = ring_ab.shape[0]
+        cols = slice(x0, x1)
+        ocols = slice(box[6] - x0, box[7] - x0)  # output columns in the crop
+        acc1 = np.zeros((4, wc))
+        acc2 = np.zeros((4, wc))
         P = np.zeros((4, wc + 1))
-        V = np.empty((4, wc))
-        V0, V1, V2, V3 = V[0], V[1], V[2], V[3]
+        S = np.empty((4, wc))
+        zero_p = np.zeros(wc, src.dtype)
+        zero_ab = np.zeros(wc, ring_ab.dtype)
         bad = 0
-        for y in range(ya, yb):
-            qr = src[y0 + y, x0:x0 + wc]
-            i0, i1, i2 = guide[0, y0 + y, x0:x0 + wc], guide[1, y0 + y, x0:x0 + wc], guide[2, y0 + y, x0:x0 + wc]
-            chk = 0.0
-            for x in range(wc):
-                m = (1.0 if qr[x] > t else 0.0) if binarise else float(qr[x])
-                chk += m - m  # NaN as soon as one value is NaN or +-Inf
-                V0[x] = m
-                V1[x] = m * i0[x]
-                V2[x] = m * i1[x]
-                V3[x] = m * i2[x]
-            bad += chk != 0.0
-            _scan_window4(V0, V1, V2, V3, P, rows, y, r)
+        for yy in range(min(r, hc)):  # the column windows of coefficient row 0 without its last row
+            ring_p[yy % nring] = src[y0 + yy, cols]
+            gy = y0 + yy
+            bad += _slide_inputs(acc1, ring_p[yy % nring], guide[0, gy, cols], guide[1, gy, cols], guide[2, gy, cols],
+                                 1.0, zero_p, zero_p, zero_p, zero_p, 0.0, t, binarise)
+        for s in range(hc + r):
+            if s < hc:  # coefficient row s: column windows [s - r, s + r]
+                ya = s + r
+                ys = s - r - 1
+                if ya < hc:
+                    ring_p[ya % nring] = src[y0 + ya, cols]
+                ga = y0 + min(ya, hc - 1)  # weight 0 when out of range
+                gs = y0 + max(ys, 0)
+                bad += _slide_inputs(acc1, ring_p[ya % nring] if ya < hc else zero_p, guide[0, ga, cols],
+                                     guide[1, ga, cols], guide[2, ga, cols], 1.0 if ya < hc else 0.0,
+                                     ring_p[ys % nring] if ys >= 0 else zero_p, guide[0, gs, cols], guide[1, gs, cols],
+                                     guide[2, gs, cols], 1.0 if ys >= 0 else 0.0, t, binarise)
+                _scan_window4(acc1[0], acc1[1], acc1[2], acc1[3], P, S[0], S[1], S[2], S[3], r)
+                ab = ring_ab[s % nring]
+                _coefficients_row(S[0], S[1], S[2], S[3], mu, icn, y0 + s, cols, inv_nh[y0 + s], inv_nw[cols],
+                                  ab[0], ab[1], ab[2], ab[3])
+            out_y = s - r  # output row: column windows [s - 2r, s] of the coefficients
+            for c in range(4):
+                add = ring_ab[s % nring, c] if s < hc else zero_ab
+                sub = ring_ab[(s - 2 * r - 1) % nring, c] if s - 2 * r - 1 >= 0 else zero_ab
+                a = acc2[c]
+                for j in range(wc):
+                    a[j] += add[j] - sub[j]
+            gy = y0 + out_y
+            if out_y >= 0 and box[4] <= gy < box[5]:
+                _scan_window4(acc2[0], acc2[1], acc2[2], acc2[3], P, S[0], S[1], S[2], S[3], r)
+                g = slice(box[6], box[7])
+                lo, hi = _output_row(S[0, ocols], S[1, ocols], S[2, ocols], S[3, ocols], guide, gy, g, inv_nh[gy],
+                                     inv_nw[g], dst[gy, g], cmin[g], cmax[g])
+                rmin[gy] = min(rmin[gy], lo)
+                rmax[gy] = max(rmax[gy], hi)
         return bad
 
-    @njit(**_OPTS)
-    def _rows_coefficients_part(ab, rows, r, ya, yb):
-        # pass 3 on rows ya..yb: rows[c, y] = clipped row-window sums of ab[c, y]
-        P = np.zeros((4, ab.shape[2] + 1))
-        for y in range(ya, yb):
-            _scan_window4(ab[0, y], ab[1, y], ab[2, y], ab[3, y], P, rows, y, r)
-
     @njit(inline="always", **_OPTS)
-    def _slide4(acc, rows, ya, ys, x0, x1, zero):
-        # acc[c] += rows[c, ya, x0:x1] - rows[c, ys, x0:x1]; a row index out of range is a zero row
-        hc = rows.shape[1]
-        n = x1 - x0
-        for c in range(4):
-            add = rows[c, ya, x0:x1] if 0 <= ya < hc else zero[:n]
-            sub = rows[c, ys, x0:x1] if 0 <= ys < hc else zero[:n]
-            a = acc[c]
-            for j in range(n):
-                a[j] += add[j] - sub[j]
-
-    @njit(inline="always", **_OPTS)
-    def _start_columns(rows, y, r, bx0, bx1):
-        # float64 column accumulators holding the window sums of row y (columns bx0..bx1) and a zero row
-        n = bx1 - bx0
-        acc = np.zeros((4, n))
-        zero = np.zeros(n, rows.dtype)
-        for yy in range(max(y - r, 0), min(y + r, rows.shape[1] - 1) + 1):
-            _slide4(acc, rows, yy, -1, bx0, bx1, zero)
-        return acc, zero
+    def _ring_size(r, hc):
+        # rows kept by _filter_stream's rings: 2r + 2 (a row leaves 2r + 1 rows after it entered), at most hc
+        return min(2 * r + 2, hc)
 
     @njit(**_OPTS)
-    def _columns_coefficients_part(rows, mu, icn, inv_nh, inv_nw, y0, x0, ab, r, bx0, bx1):
-        # pass 2 on crop columns bx0..bx1: column window sums of rows -> [a_k (3), b_k] in ab
-        hc = rows.shape[1]
-        acc, zero = _start_columns(rows, 0, r, bx0, bx1)
-        s0a, s1a, s2a, s3a = acc[0], acc[1], acc[2], acc[3]
-        g = slice(x0 + bx0, x0 + bx1)
-        nw = inv_nw[g]
-        for y in range(hc):
-            gy = y0 + y
-            m0, m1, m2 = mu[0, gy, g], mu[1, gy, g], mu[2, gy, g]
-            g0, g1, g2, g3, g4, g5 = icn[0, gy, g], icn[1, gy, g], icn[2, gy, g], icn[3, gy, g], icn[4, gy, g], \
-                icn[5, gy, g]
-            o0, o1, o2, o3 = ab[0, y, bx0:bx1], ab[1, y, bx0:bx1], ab[2, y, bx0:bx1], ab[3, y, bx0:bx1]
-            kh = inv_nh[gy]
-            for j in range(bx1 - bx0):
-                s0 = s0a[j]
-                d0 = s1a[j] - m0[j] * s0  # n_k cov_k(I, p)
-                d1 = s2a[j] - m1[j] * s0
-                d2 = s3a[j] - m2[j] * s0
-                a0 = g0[j] * d0 + g1[j] * d1 + g2[j] * d2  # a_k
-                a1 = g1[j] * d0 + g3[j] * d1 + g4[j] * d2
-                a2 = g2[j] * d0 + g4[j] * d1 + g5[j] * d2
-                o0[j] = a0
-                o1[j] = a1
-                o2[j] = a2
-                o3[j] = s0 * kh * nw[j] - a0 * m0[j] - a1 * m1[j] - a2 * m2[j]  # b_k
-            if y + 1 < hc:
-                _slide4(acc, rows, y + r + 1, y - r, bx0, bx1, zero)
-
-    @njit(**_OPTS)
-    def _columns_output_part(rows, guide, inv_nh, inv_nw, y0, x0, obox, dst, rmin, rmax, cmin, cmax, r, bx0, bx1):
-        # pass 4 on crop columns bx0..bx1: column window sums of rows = [sum a, sum b] ->
-        # dst = (sum(a)^T I + sum(b)) / n on the output rows obox[0]..obox[1] (image coordinates); min / max
-        # of the written values per row (rmin / rmax (H,)) and per column (cmin / cmax (W,))
-        ys = obox[0] - y0
-        ye = obox[1] - y0
-        acc, zero = _start_columns(rows, ys, r, bx0, bx1)
-        s0a, s1a, s2a, s3a = acc[0], acc[1], acc[2], acc[3]
-        g = slice(x0 + bx0, x0 + bx1)
-        nw, cmn, cmx = inv_nw[g], cmin[g], cmax[g]
-        for y in range(ys, ye):
-            gy = y0 + y
-            i0, i1, i2 = guide[0, gy, g], guide[1, gy, g], guide[2, gy, g]
-            out = dst[gy, g]
-            kh = inv_nh[gy]
-            for j in range(bx1 - bx0):
-                out[j] = (s0a[j] * i0[j] + s1a[j] * i1[j] + s2a[j] * i2[j] + s3a[j]) * (kh * nw[j])
-            lo = out[0]
-            hi = out[0]
-            for j in range(bx1 - bx0):
-                v = out[j]
-                lo = min(lo, v)
-                hi = max(hi, v)
-                cmn[j] = min(cmn[j], v)
-                cmx[j] = max(cmx[j], v)
-            rmin[gy] = min(rmin[gy], lo)
-            rmax[gy] = max(rmax[gy], hi)
-            if y + 1 < ye:
-                _slide4(acc, rows, y + r + 1, y - r, bx0, bx1, zero)
-
-    @njit(**_OPTS)
-    def _filter_serial(src, dst, t, binarise, guide, mu, icn, inv_nh, inv_nw, box, r, rows_buf, ab_buf,
-                       rmin, rmax, cmin, cmax):
+    def _filter_serial(src, dst, t, binarise, guide, mu, icn, inv_nh, inv_nw, box, r, ring, rmin, rmax, cmin, cmax):
         # one guided filtering of src (H, W) on the crop box[0:4], written into dst on the output box box[4:8]
-        # (dst may be src), on one thread; returns the rows holding non-finite values (binarise=False)
-        y0, y1, x0, x1 = box[0], box[1], box[2], box[3]
-        shape = (4, y1 - y0, x1 - x0)
-        rows = rows_buf[:4 * shape[1] * shape[2]].reshape(shape)
-        ab = ab_buf[:4 * shape[1] * shape[2]].reshape(shape)
-        bad = _rows_input_part(src, t, binarise, guide, y0, x0, rows, r, 0, shape[1])
-        if bad:
-            return bad
-        _columns_coefficients_part(rows, mu, icn, inv_nh, inv_nw, y0, x0, ab, r, 0, shape[2])
-        _rows_coefficients_part(ab, rows, r, 0, shape[1])
-        _columns_output_part(rows, guide, inv_nh, inv_nw, y0, x0, box[4:6], dst, rmin, rmax, cmin, cmax, r,
-                             box[6] - x0, box[7] - x0)
-        return 0
+        # (dst may be src), on one thread: _filter_stream, its coefficient rows in the flat ring (at least
+        # (2r + 2) * 4 * width elements); returns the rows holding non-finite values (binarise=False only)
+        hc = box[1] - box[0]
+        wc = box[3] - box[2]
+        nring = _ring_size(r, hc)
+        ring_p = np.empty((nring, wc), src.dtype)  # small (< 128 kB for VOC): no page faults
+        ring_ab = ring[:nring * 4 * wc].reshape((nring, 4, wc))
+        return _filter_stream(src, dst, t, binarise, guide, mu, icn, inv_nh, inv_nw, box, r, ring_p, ring_ab,
+                              rmin, rmax, cmin, cmax)
 
-    # ------------------------------------------------------------------ the passes over threads
     @njit(parallel=True, **_OPTS)
-    def _rows_input(src, t, binarise, guide, y0, x0, rows, r, nt):
-        hc = rows.shape[1]
-        parts, chunk = _chunks(hc, nt)
+    def _filter_bands(src, dst, t, binarise, guide, mu, icn, inv_nh, inv_nw, box, r, rings, rmin, rmax, cmin, cmax,
+                      nt):
+        # _filter_serial with the output rows split into one band per thread, each computed from its own crop
+        # (the band plus 2r rows of halo: exact). dst must not be src (a band's halo is another's output).
+        # rings: (nt, ring size); rmin / rmax (parts, H), cmin / cmax (parts, W): per band. Returns the rows
+        # holding non-finite values.
+        oy0, oy1 = box[4], box[5]
+        parts, chunk = _chunks(oy1 - oy0, nt)
         bad = np.zeros(parts, np.int64)
-        for ci in prange(parts):
-            bad[ci] = _rows_input_part(src, t, binarise, guide, y0, x0, rows, r, ci * chunk, min(hc, (ci + 1) * chunk))
+        for b in prange(parts):
+            b0 = oy0 + b * chunk
+            b1 = min(oy1, b0 + chunk)
+            band = box.copy()
+            band[0] = max(box[0], b0 - 2 * r)
+            band[1] = min(box[1], b1 + 2 * r)
+            band[4] = b0
+            band[5] = b1
+            bad[b] = _filter_serial(src, dst, t, binarise, guide, mu, icn, inv_nh, inv_nw, band, r, rings[b], rmin[b],
+                                    rmax[b], cmin[b], cmax[b])
         return bad.sum()
-
-    @njit(parallel=True, **_OPTS)
-    def _rows_coefficients(ab, rows, r, nt):
-        hc = rows.shape[1]
-        parts, chunk = _chunks(hc, nt)
-        for ci in prange(parts):
-            _rows_coefficients_part(ab, rows, r, ci * chunk, min(hc, (ci + 1) * chunk))
-
-    @njit(parallel=True, **_OPTS)
-    def _columns_coefficients(rows, mu, icn, inv_nh, inv_nw, y0, x0, ab, r, nt):
-        wc = rows.shape[2]
-        block = _block(wc, nt)
-        for bi in prange(-(-wc // block)):
-            _columns_coefficients_part(rows, mu, icn, inv_nh, inv_nw, y0, x0, ab, r, bi * block,
-                                       min(wc, (bi + 1) * block))
-
-    @njit(parallel=True, **_OPTS)
-    def _columns_output(rows, guide, inv_nh, inv_nw, y0, x0, obox, dst, rmin, rmax, cmin, cmax, r, nt):
-        # rmin / rmax: (parts, H), one row per column block
-        a = obox[2] - x0
-        wo = obox[3] - obox[2]
-        block = _block(wo, nt)
-        for bi in prange(-(-wo // block)):
-            _columns_output_part(rows, guide, inv_nh, inv_nw, y0, x0, obox, dst, rmin[bi], rmax[bi], cmin, cmax, r,
-                                 a + bi * block, a + min(wo, (bi + 1) * block))
 
     @njit(cache=True)
     def _active(p, rows, cols):
@@ -486,18 +502,18 @@ if numba is not None:
                         cols[x] = True
 
     # ------------------------------------------------------------------ Otsu's threshold
-    @njit(inline="always", cache=True)
+    @njit(cache=True)  # not inline="always": numba's inliner loses the non-finite test (numba 0.68)
     def _seg_range(seg):
         # (min, max, holds NaN or +-Inf) of a non-empty 1-D array
         lo = seg[0]
         hi = seg[0]
-        chk = seg[0] - seg[0]
+        total = 0.0
         for j in range(seg.shape[0]):
             v = seg[j]
-            chk += v - v
+            total += v * 0.0  # NaN for NaN and +-Inf (this code is compiled without fast-math)
             lo = min(lo, v)
             hi = max(hi, v)
-        return lo, hi, chk != 0
+        return lo, hi, _nonfinite(total)
 
     @njit(parallel=True, cache=True)
     def _minmax(x, nchunks, lo, hi, bad):
@@ -512,29 +528,33 @@ if numba is not None:
     @njit(inline="always", cache=True)
     def _bin(v, lo, scale, edges, nbins):
         # numpy.histogram's bin of v: the estimate trunc((v - lo) * scale), fixed up against the edges
-        t = int(np.trunc((v - lo) * scale))
-        t = min(max(t, 0), nbins - 1)
-        if v < edges[t]:
-            t -= 1
-        if t < nbins - 1 and v >= edges[t + 1]:
-            t += 1
+        t = min(max(np.int64((v - lo) * scale), 0), nbins - 1)  # (v - lo) * scale >= 0: int() truncates
+        t -= v < edges[np.uint64(t)]
+        t += (t < nbins - 1) & (v >= edges[np.uint64(t + 1)])
         return t
+
+    @njit(inline="always", cache=True)
+    def _bins(row, lo, scale, edges, idx):
+        # idx[x] = _bin(row[x]) for a whole row (a loop that vectorises; counting is a separate loop)
+        nbins = edges.shape[0] - 1
+        for x in range(row.shape[0]):
+            idx[x] = _bin(row[x], lo, scale, edges, nbins)
 
     @njit(parallel=True, cache=True)
     def _histograms(x, lo, scale, edges, nchunks, counts):
         # bins of the rows of x (M, N) (see _bin); each row in nchunks pieces so that one map also
         # spreads over the threads; counts (M * nchunks, nbins)
         m, n = x.shape
-        nbins = counts.shape[1]
         size = (n + nchunks - 1) // nchunks
         for task in prange(m * nchunks):
             i = task // nchunks
             j0 = (task % nchunks) * size
             seg = x[i, j0:min(n, j0 + size)]
+            idx = np.empty(seg.shape[0], np.int64)
+            _bins(seg, lo[i], scale[i], edges[i], idx)
             cnt = counts[task]
-            e = edges[i]
-            for j in range(seg.shape[0]):
-                cnt[_bin(seg[j], lo[i], scale[i], e, nbins)] += 1
+            for j in range(idx.shape[0]):
+                cnt[np.uint64(idx[j])] += 1
 
     @njit(cache=True)
     def otsu_search(counts, edges):
@@ -590,23 +610,25 @@ if numba is not None:
 
     @njit(cache=True)
     def _histogram_part(q, box, lo, scale, edges, cnt, ya, yb):
-        # cnt[(x & 1) * nbins + bin] += 1 for q on rows ya..yb, columns box[2]..box[3]: two interleaved
+        # cnt[(x & 3) * nbins + bin] += 1 for q on rows ya..yb, columns box[2]..box[3]: four interleaved
         # histograms (fewer store-to-load stalls on runs of equal bins)
-        nbins = cnt.shape[0] // 2
+        nbins = edges.shape[0] - 1
+        idx = np.empty(box[3] - box[2], np.int64)
         for y in range(ya, yb):
-            row = q[y, box[2]:box[3]]
-            for x in range(row.shape[0]):
-                cnt[(x & 1) * nbins + _bin(row[x], lo, scale, edges, nbins)] += 1
+            _bins(q[y, box[2]:box[3]], lo, scale, edges, idx)
+            for x in range(idx.shape[0]):
+                cnt[np.uint64(idx[x] + (x & 3) * nbins)] += 1
 
     @njit(cache=True)
-    def _outside_part(q, t, box, rmin, rmax, cmin, cmax, ya, yb):
-        # q = [q > t] (0/1) on rows ya..yb outside box (y0, y1, x0, x1), with row / column minima and
-        # maxima; returns the numbers of zeros and ones written
+    def _outside_part(src, q, t, box, rmin, rmax, cmin, cmax, ya, yb):
+        # q = [src > t] (0/1) on rows ya..yb outside box (y0, y1, x0, x1) (q may be src), with row / column
+        # minima and maxima; returns the numbers of zeros and ones written
         w = q.shape[1]
         n1 = 0
         nt = 0
         for y in range(ya, yb):
             row = q[y]
+            srow = src[y]
             inside = box[0] <= y < box[1]
             lo = np.float32(_INF)
             hi = np.float32(-_INF)
@@ -614,7 +636,7 @@ if numba is not None:
                 a = box[3] if (inside and seg == 1) else 0
                 b = box[2] if (inside and seg == 0) else w
                 for x in range(a, b):
-                    v = np.float32(1) if row[x] > t else np.float32(0)
+                    v = np.float32(1) if srow[x] > t else np.float32(0)
                     row[x] = v
                     n1 += v > 0
                     lo = min(lo, v)
@@ -643,12 +665,12 @@ if numba is not None:
                             min(box[1], box[0] + (ci + 1) * chunk))
 
     @njit(parallel=True, cache=True)
-    def _binarise_outside(q, t, box, rmin, rmax, cmin, cmax, nt):
+    def _binarise_outside(src, q, t, box, rmin, rmax, cmin, cmax, nt):
         h = q.shape[0]
         parts, chunk = _chunks(h, nt)
         out = np.zeros((parts, 2), np.int64)
         for ci in prange(parts):
-            out[ci] = _outside_part(q, t, box, rmin[ci], rmax[ci], cmin[ci], cmax[ci], ci * chunk,
+            out[ci] = _outside_part(src, q, t, box, rmin[ci], rmax[ci], cmin[ci], cmax[ci], ci * chunk,
                                     min(h, (ci + 1) * chunk))
         return out[:, 0].sum(), out[:, 1].sum()
 
@@ -743,8 +765,7 @@ if numba is not None:
             t = np.float32(threshold)
         elif hi > lo:
             nbins = edges.shape[0] - 1
-            total = counts.sum(axis=0)
-            hist = total[:nbins] + total[nbins:]
+            hist = counts.sum(axis=0).reshape((4, nbins)).sum(axis=0)
             if n0:
                 hist[_bin(np.float32(0), lo, scale, edges, nbins)] += n0
             if n1:
@@ -762,8 +783,8 @@ if numba is not None:
         hbox[:] = 0
 
     @njit(cache=True)
-    def _refine_serial(q, guide, mu, icn, inv_nh, inv_nw, r, iterations, threshold, filtered, skip, rows_buf, ab_buf,
-                       parts, stats, counts, edges, box, cycles):
+    def _refine_serial(q, guide, mu, icn, inv_nh, inv_nw, r, iterations, threshold, filtered, skip, ring, parts, stats,
+                       counts, edges, box, cycles):
         # Sec. 3.3 of Ke & Hsu on one float32 map q (H, W), in place, on one thread (refine_maps); False if q is
         # not finite. cycles (3,): cycle counts of PHASES.
         h, w = q.shape
@@ -793,32 +814,32 @@ if numba is not None:
                 c0 = _cycles()
                 cycles[2] += c0 - c1
                 continue
-            _filter_serial(q, q, t, binary, guide, mu, icn, inv_nh, inv_nw, box, r, rows_buf, ab_buf, parts[0, 0],
-                           parts[1, 0], parts[2, 0], parts[3, 0])
+            _filter_serial(q, q, t, binary, guide, mu, icn, inv_nh, inv_nw, box, r, ring, parts[0, 0], parts[1, 0],
+                           parts[2, 0], parts[3, 0])
             c0 = _cycles()
             cycles[1] += c0 - c1
             hbox[:] = box[4:8]
             n0 = n1 = 0
             if box[4] > 0 or box[5] < h or box[6] > 0 or box[7] < w:
-                n0, n1 = _outside_part(q, t, hbox, parts[0, 0], parts[1, 0], parts[2, 0], parts[3, 0], 0, h)
+                n0, n1 = _outside_part(q, q, t, hbox, parts[0, 0], parts[1, 0], parts[2, 0], parts[3, 0], 0, h)
             c1 = _cycles()
             cycles[2] += c1 - c0
             c0 = c1
         return True
 
     @njit(parallel=True, cache=True)
-    def _refine_parallel(maps, index, guide, mu, icn, inv_nh, inv_nw, r, iterations, threshold, filtered, skip,
-                         rows_bufs, ab_bufs, ok, cycles):
-        # _refine_serial on the maps maps[index[k]], one map per thread (rows_bufs / ab_bufs: one row per map)
+    def _refine_parallel(maps, index, guide, mu, icn, inv_nh, inv_nw, r, iterations, threshold, filtered, skip, rings,
+                         ok, cycles):
+        # _refine_serial on the maps maps[index[k]], one map per thread (rings: one row per map)
         h, w = maps.shape[1], maps.shape[2]
         for k in prange(index.shape[0]):
             parts = np.empty((4, 1, max(h, w)), np.float32)
             stats = np.empty((4, max(h, w)), np.float32)
-            counts = np.zeros((1, 512), np.int64)
+            counts = np.zeros((1, 1024), np.int64)
             edges = np.empty(257, np.float32)
             box = np.zeros(8, np.int64)
             ok[k] = _refine_serial(maps[index[k]], guide, mu, icn, inv_nh, inv_nw, r, iterations, threshold, filtered,
-                                   skip, rows_bufs[k], ab_bufs[k], parts, stats, counts, edges, box, cycles[k])
+                                   skip, rings[k], parts, stats, counts, edges, box, cycles[k])
 
 
 
@@ -858,25 +879,21 @@ def guide_stats(guide: np.ndarray, radius: int, eps: float, inv_nh: np.ndarray, 
     return mu, icn, (mean64 if want64 else None), (inv64 if want64 else None), (int(flags[0]), int(flags[1]))
 
 
+def _ring_elements(radius: int, width: int) -> int:
+    """Elements of one coefficient ring of :func:`_filter_stream` (2r + 2 rows of 4 x width)."""
+    return (2 * radius + 2) * 4 * width
+
+
 def _filter_threads(src, dst, t, binarise, guide, mu, icn, inv_nh, inv_nw, box, r, ws, parts) -> int:
-    """One guided filtering of ``src`` (H, W) on the crop ``box[0:4] = (y0, y1, x0, x1)``, written into ``dst`` on
-    the output box ``box[4:8]`` (``dst`` may be ``src``), each pass spread over the threads; returns the rows
-    of ``src`` holding NaN / Inf (``binarise=False`` only; then nothing is written)."""
+    """One guided filtering of ``src`` (H, W) on the crop ``box[0:4] = (y0, y1, x0, x1)``, written into ``dst``
+    (not ``src``) on the output box ``box[4:8]``, in one band of rows per thread; returns the rows of ``src``
+    holding NaN / Inf (``binarise=False`` only)."""
     nt = numba.get_num_threads()
-    y0, y1, x0, x1 = (int(v) for v in box[:4])
-    shape = (4, y1 - y0, x1 - x0)
-    size = shape[0] * shape[1] * shape[2]
-    rows = ws.get("rows", size, guide.dtype).reshape(shape)
-    ab = ws.get("ab", size, guide.dtype).reshape(shape)
-    bad = _rows_input(src, t, binarise, guide, y0, x0, rows, r, nt)
-    if bad:
-        return int(bad)
-    _columns_coefficients(rows, mu, icn, inv_nh, inv_nw, y0, x0, ab, r, nt)
-    _rows_coefficients(ab, rows, r, nt)
     h, w = src.shape
-    _columns_output(rows, guide, inv_nh, inv_nw, y0, x0, box[4:8], dst, parts[0][:, :h], parts[1][:, :h],
-                    parts[2][0, :w], parts[3][0, :w], r, nt)
-    return 0
+    size = _ring_elements(r, w)
+    rings = ws.get("rings", nt * size, guide.dtype).reshape(nt, size)
+    return int(_filter_bands(src, dst, t, binarise, guide, mu, icn, inv_nh, inv_nw, box, r, rings, parts[0][:, :h],
+                             parts[1][:, :h], parts[2][:, :w], parts[3][:, :w], nt))
 
 
 def filter_maps(src: np.ndarray, guide: np.ndarray, mu: np.ndarray, icn: np.ndarray, inv_nh: np.ndarray,
@@ -945,14 +962,17 @@ def minmax(x: np.ndarray, with_finite: bool = False):
 
 
 def _refine_threads(q, guide, mu, icn, inv_nh, inv_nw, r, iterations, threshold, filtered, skip, ws, times) -> bool:
-    """:func:`_refine_serial` with each pass spread over the threads (one map, several threads)."""
+    """:func:`_refine_serial` with each filtering split into bands of rows over the threads (one map, several
+    threads): two buffers, the filter reads one and writes the other."""
     h, w = q.shape
     nt = numba.get_num_threads()
     parts = _parts(ws, h, w)
     stats = ws.get("stats", 4 * max(h, w), np.float32).reshape(4, max(h, w))
-    counts = ws.get("counts", parts.shape[1] * 512, np.int64).reshape(parts.shape[1], 512)
+    counts = ws.get("counts", parts.shape[1] * 1024, np.int64).reshape(parts.shape[1], 1024)
     edges = ws.get("edges", 257, np.float32)
     box = ws.get("box", 8, np.int64)
+    spare = ws.get("spare", h * w, np.float32).reshape(h, w)
+    cur, nxt = q, spare
     clock = time.perf_counter()
 
     def tick(phase):
@@ -965,7 +985,7 @@ def _refine_threads(q, guide, mu, icn, inv_nh, inv_nw, r, iterations, threshold,
     counts[:] = 0
     if _range(q, parts[0][:, :h], parts[1][:, :h], parts[2][:, :w], parts[3][:, :w], nt):
         return False
-    hbox = np.array([0, h, 0, w], np.int64)  # where q is not a known 0/1 mask
+    hbox = np.array([0, h, 0, w], np.int64)  # where the map is not a known 0/1 mask
     n0 = n1 = 0
     for it in range(iterations):
         lo, hi = (np.float32(v) for v in _reduce(parts, h, w, stats))  # numba returns Python floats
@@ -974,24 +994,32 @@ def _refine_threads(q, guide, mu, icn, inv_nh, inv_nw, r, iterations, threshold,
         if binary and threshold != threshold and hi > lo:
             scale = np.float32(_edges(lo, hi, edges))
             if hbox[1] > hbox[0]:
-                _histogram_box(q, hbox, lo, scale, edges, counts, nt)
+                _histogram_box(cur, hbox, lo, scale, edges, counts, nt)
         t, kind = _decide(counts, edges, lo, scale, hi, n0, n1, threshold, binary, stats, r, h, w, skip, box)
         t = np.float32(t)
         tick(0)
         if kind < 2:  # constant (see _refine_serial)
-            _constant(q, np.float32(kind), parts, hbox)
+            _constant(cur, np.float32(kind), parts, hbox)
             n0, n1 = (0, h * w) if kind else (h * w, 0)
             tick(2)
             continue
-        _filter_threads(q, q, t, binary, guide, mu, icn, inv_nh, inv_nw, box, r, ws, parts)
+        _filter_threads(cur, nxt, t, binary, guide, mu, icn, inv_nh, inv_nw, box, r, ws, parts)
         tick(1)
         hbox[:] = box[4:8]
         n0 = n1 = 0
         if box[4] > 0 or box[5] < h or box[6] > 0 or box[7] < w:
-            n0, n1 = _binarise_outside(q, t, hbox, parts[0][:, :h], parts[1][:, :h], parts[2][:, :w],
+            n0, n1 = _binarise_outside(cur, nxt, t, hbox, parts[0][:, :h], parts[1][:, :h], parts[2][:, :w],
                                        parts[3][:, :w], nt)
+        cur, nxt = nxt, cur
         tick(2)
+    if cur is not q:
+        q[:] = cur
     return True
+
+
+def split_maps() -> bool:
+    """Whether a map left over by the one-map-per-thread schedule is split over the threads (``SGWSSS_SPLIT_MAPS=1``)."""
+    return os.environ.get("SGWSSS_SPLIT_MAPS", "0") == "1"
 
 
 def _refine_waves(maps, index, guide, mu, icn, inv_nh, inv_nw, r, iterations, threshold, filtered, skip, ws,
@@ -999,14 +1027,13 @@ def _refine_waves(maps, index, guide, mu, icn, inv_nh, inv_nw, r, iterations, th
     """The maps ``index`` one per thread (:func:`_refine_parallel`); returns the first non-finite channel or None.
     ``times[:3]`` gets the call's wall time split by the threads' cycle counts."""
     k = len(index)
-    size = 4 * maps.shape[1] * maps.shape[2]
-    rows = ws.get("rows_maps", k * size, np.float32).reshape(k, size)
-    ab = ws.get("ab_maps", k * size, np.float32).reshape(k, size)
+    size = _ring_elements(r, maps.shape[2])
+    rings = ws.get("rings_maps", k * size, np.float32).reshape(k, size)
     ok = np.zeros(k, np.bool_)
     cycles = np.zeros((k, 3))
     t0 = time.perf_counter()
     _refine_parallel(maps, np.asarray(index, np.int64), guide, mu, icn, inv_nh, inv_nw, r, iterations, threshold,
-                     filtered, skip, rows, ab, ok, cycles)
+                     filtered, skip, rings, ok, cycles)
     total = cycles.sum(axis=0)
     share = total / total.sum() if total.sum() > 0 else np.array([0.0, 1.0, 0.0])  # no cycle counter: "filter"
     times += (time.perf_counter() - t0) * share
@@ -1027,8 +1054,12 @@ def refine_maps(maps: np.ndarray, index, guide: np.ndarray, radius: int, eps: fl
     bounding box of the mask's edges (plus margins) is filtered; elsewhere the output is
     the mask (exact).
 
-    Scheduling: with T threads, groups of T maps run one map per thread; the maps left
-    over run one at a time with every pass spread over the threads.
+    Scheduling: one parallel region per image, the maps spread over the threads, each map
+    on one thread. With :func:`split_maps` (``SGWSSS_SPLIT_MAPS=1``) groups of T maps run
+    so and each map left over runs with every filtering split into bands of rows over
+    the T threads: faster on a quiet machine, but 3 parallel regions per iteration, which
+    busy-waiting OpenMP threads (torch's libgomp, which numba shares) can slow down
+    tenfold when the cores are shared with other processes.
 
     Returns None, or ``(argument, count)`` for what is wrong: ``("image", rows)`` non-finite
     guide values, ``("eps", windows)`` regularised covariances that are not invertible,
@@ -1048,7 +1079,7 @@ def refine_maps(maps: np.ndarray, index, guide: np.ndarray, radius: int, eps: fl
     args = (guide, mu, icn, inv_nh, inv_nw, int(radius), int(iterations), fixed, bool(filtered), bool(skip_constant))
     index = [int(c) for c in index]
     nt = numba.get_num_threads()
-    waves = len(index) - len(index) % nt if nt > 1 else len(index)
+    waves = len(index) - len(index) % nt if split_maps() and nt > 1 else len(index)
     if waves:
         bad = _refine_waves(maps, index[:waves], *args, workspace, times[1:])
         if bad is not None:

@@ -118,7 +118,7 @@ def _not_finite(name: str, what: str = "") -> ValueError:
 
 def _singular(eps: float, windows: int) -> ValueError:
     return ValueError(f"eps={eps!r} is too small for this guide: the regularised covariance of {windows} windows "
-                      "cannot be inverted (use the paper's 1e-6 or larger)")
+                      "is not positive definite in floating point (use the paper's 1e-6 or larger)")
 
 
 def window_counts(
@@ -197,9 +197,9 @@ class GuideStatistics:
 
 
 def _inverse_sym3(s):
-    """Inverse of symmetric 3 x 3 matrices given as the packed (00, 01, 02, 11, 12, 22) list."""
+    """Inverses and determinants of symmetric 3 x 3 matrices given as the packed (00, 01, 02, 11, 12, 22) list."""
     *adjugate, det = _cpu_kernels.adjugate_sym3(*s)
-    return torch.stack(adjugate, 1) / det[:, None]
+    return torch.stack(adjugate, 1) / det[:, None], det
 
 
 def _check_guide(guide: torch.Tensor, name: str = "guide") -> None:
@@ -253,8 +253,8 @@ def guide_statistics(guide: torch.Tensor, radius: int = 17, eps: float = 1e-6, b
     inv_n = 1.0 / counts
     mean = box_sum(g, radius) * inv_n
     if c == 1:
-        var = box_sum(g * g, radius) * inv_n - mean * mean
-        inverse = 1.0 / (var + eps)
+        det = box_sum(g * g, radius) * inv_n - mean * mean + eps
+        inverse = 1.0 / det
     else:
         prods = torch.stack([g[:, i] * g[:, j] for i, j in _SYM3], 1)
         second = box_sum(prods, radius) * inv_n
@@ -262,9 +262,10 @@ def guide_statistics(guide: torch.Tensor, radius: int = 17, eps: float = 1e-6, b
             second[:, t] - mean[:, i] * mean[:, j] + (eps if i == j else 0.0)
             for t, (i, j) in enumerate(_SYM3)
         ]
-        inverse = _inverse_sym3(cov)
-    if not bool(torch.isfinite(inverse).all()):
-        raise _singular(eps, int((~torch.isfinite(inverse)).any(1).sum()))
+        inverse, det = _inverse_sym3(cov)
+    invertible = (det > 0) & torch.isfinite(inverse).all(1, keepdim=c == 1)
+    if not bool(invertible.all()):  # as the kernel: a determinant that is not positive, or an overflow
+        raise _singular(eps, int((~invertible).sum()))
     return GuideStatistics(radius, eps, g, mean, inverse, counts)
 
 

@@ -83,9 +83,9 @@ def self_guided_refine(
     present = _check_arguments(image, maps, iterations, radius, eps, labels, feedback, threshold)
     start = time.perf_counter()
     parts = dict.fromkeys(TIMING_PARTS, 0.0)
-    out = torch.zeros(maps.shape, dtype=maps.dtype, device=maps.device)  # C-contiguous
     fused = (_cpu_kernels.available() and image.device.type == "cpu" and image.shape[1] == 3
              and maps.dtype == torch.float32)
+    out = _zeros_like(maps)
     refine = _refine_fused if fused else _refine_torch
     with torch.no_grad():
         for i in range(maps.shape[0]):
@@ -98,6 +98,16 @@ def self_guided_refine(
         for k in TIMING_PARTS:
             timings[k] = timings.get(k, 0.0) + parts[k]
     return out
+
+
+def _zeros_like(maps: torch.Tensor) -> torch.Tensor:
+    """A C-contiguous zero tensor like ``maps``. On the CPU from calloc (numpy): fresh zero pages, so the
+    channels of absent classes, never written, cost no page faults (torch.zeros writes all of them:
+    ~7 ms for a (1, 20, 500, 375) float32 tensor)."""
+    if maps.device.type == "cpu" and maps.dtype in (torch.float32, torch.float64):
+        return torch.from_numpy(np.zeros(tuple(maps.shape), dtype=np.float32 if maps.dtype == torch.float32
+                                         else np.float64))
+    return torch.zeros(maps.shape, dtype=maps.dtype, device=maps.device)
 
 
 def _check_arguments(image, maps, iterations, radius, eps, labels, feedback, threshold) -> torch.Tensor:
@@ -135,12 +145,16 @@ def _check_arguments(image, maps, iterations, radius, eps, labels, feedback, thr
 
 def _refine_fused(image, maps, out, idx, iterations, radius, eps, filtered, skip, threshold, parts, b) -> None:
     """Image ``b`` through the fused CPU kernels; writes ``out[0, idx]``."""
-    out[0, idx] = maps[0, idx]
+    index = idx.tolist()
+    dst = out[0].numpy()
+    src = maps[0].detach().contiguous().numpy()
+    for c in index:  # numpy copies: torch's out[0, idx] = maps[0, idx] took ~14 ms per map
+        dst[c] = src[c]
     _cpu_kernels.prepare_threads(torch.get_num_threads())
     guide = image[0].detach().to(torch.float32).contiguous().numpy()
     times = np.zeros(4)
-    status = _cpu_kernels.refine_maps(out[0].numpy(), idx.tolist(), guide, radius, eps, iterations, threshold,
-                                      filtered, skip, _workspaces()[1], times)
+    status = _cpu_kernels.refine_maps(dst, index, guide, radius, eps, iterations, threshold, filtered, skip,
+                                      _workspaces()[1], times)
     for k, v in zip(TIMING_PARTS, times):
         parts[k] += float(v)
     if status is not None:
