@@ -526,32 +526,32 @@ if numba is not None:
             lo[task], hi[task], bad[task] = _seg_range(row[j0:min(n, j0 + size)])
 
     @njit(inline="always", cache=True)
-    def _bin(v, lo, scale, edges, nbins):
-        # numpy.histogram's bin of v: the estimate trunc((v - lo) * scale), fixed up against the edges
-        t = min(max(np.int64((v - lo) * scale), 0), nbins - 1)  # (v - lo) * scale >= 0: int() truncates
-        t -= v < edges[np.uint64(t)]
-        t += (t < nbins - 1) & (v >= edges[np.uint64(t + 1)])
-        return t
+    def _bin(v, lo, scale, step, one, top):
+        # numpy.histogram's bin of v (as a float): the estimate trunc((v - lo) * scale), fixed up against the
+        # edges i * step + lo (the bins of sgwsss.refine.otsu, recomputed exactly as they were built, so no
+        # lookups: the loops vectorise); one = 1, top = nbins - 1 in v's dtype
+        t = min(max(np.floor((v - lo) * scale), one - one), top)  # (v - lo) * scale >= 0: floor = trunc
+        t = t - one if v < t * step + lo else t
+        return t + one if (t < top) and (v >= (t + one) * step + lo) else t
 
     @njit(inline="always", cache=True)
-    def _bins(row, lo, scale, edges, idx):
-        # idx[x] = _bin(row[x]) for a whole row (a loop that vectorises; counting is a separate loop)
-        nbins = edges.shape[0] - 1
+    def _bins(row, lo, scale, step, one, top, idx):
+        # idx[x] = _bin(row[x]) for a whole row (counting is a separate loop)
         for x in range(row.shape[0]):
-            idx[x] = _bin(row[x], lo, scale, edges, nbins)
+            idx[x] = np.int32(_bin(row[x], lo, scale, step, one, top))
 
     @njit(parallel=True, cache=True)
-    def _histograms(x, lo, scale, edges, nchunks, counts):
-        # bins of the rows of x (M, N) (see _bin); each row in nchunks pieces so that one map also
-        # spreads over the threads; counts (M * nchunks, nbins)
+    def _histograms(x, lo, scale, step, top, nchunks, counts):
+        # bins of the rows of x (M, N) (see _bin; lo, scale, step (M,), top = nbins - 1 in x's dtype); each row
+        # in nchunks pieces so that one map also spreads over the threads; counts (M * nchunks, nbins)
         m, n = x.shape
         size = (n + nchunks - 1) // nchunks
         for task in prange(m * nchunks):
             i = task // nchunks
             j0 = (task % nchunks) * size
             seg = x[i, j0:min(n, j0 + size)]
-            idx = np.empty(seg.shape[0], np.int64)
-            _bins(seg, lo[i], scale[i], edges[i], idx)
+            idx = np.empty(seg.shape[0], np.int32)
+            _bins(seg, lo[i], scale[i], step[i], scale[i] / scale[i], top, idx)
             cnt = counts[task]
             for j in range(idx.shape[0]):
                 cnt[np.uint64(idx[j])] += 1
@@ -609,13 +609,13 @@ if numba is not None:
         return bad
 
     @njit(cache=True)
-    def _histogram_part(q, box, lo, scale, edges, cnt, ya, yb):
-        # cnt[(x & 3) * nbins + bin] += 1 for q on rows ya..yb, columns box[2]..box[3]: four interleaved
-        # histograms (fewer store-to-load stalls on runs of equal bins)
-        nbins = edges.shape[0] - 1
-        idx = np.empty(box[3] - box[2], np.int64)
+    def _histogram_part(q, box, lo, scale, step, cnt, ya, yb):
+        # cnt[(x & 3) * nbins + bin] += 1 for the float32 q on rows ya..yb, columns box[2]..box[3] (cnt: 4 nbins):
+        # four interleaved histograms (fewer store-to-load stalls on runs of equal bins)
+        nbins = cnt.shape[0] // 4
+        idx = np.empty(box[3] - box[2], np.int32)
         for y in range(ya, yb):
-            _bins(q[y, box[2]:box[3]], lo, scale, edges, idx)
+            _bins(q[y, box[2]:box[3]], lo, scale, step, np.float32(1), np.float32(nbins - 1), idx)
             for x in range(idx.shape[0]):
                 cnt[np.uint64(idx[x] + (x & 3) * nbins)] += 1
 
@@ -658,10 +658,10 @@ if numba is not None:
         return bad.sum()
 
     @njit(parallel=True, cache=True)
-    def _histogram_box(q, box, lo, scale, edges, counts, nt):
+    def _histogram_box(q, box, lo, scale, step, counts, nt):
         parts, chunk = _chunks(box[1] - box[0], nt)
         for ci in prange(parts):
-            _histogram_part(q, box, lo, scale, edges, counts[ci], box[0] + ci * chunk,
+            _histogram_part(q, box, lo, scale, step, counts[ci], box[0] + ci * chunk,
                             min(box[1], box[0] + (ci + 1) * chunk))
 
     @njit(parallel=True, cache=True)
@@ -693,14 +693,15 @@ if numba is not None:
 
     @njit(cache=True)
     def _edges(lo, hi, e):
-        # numpy's bins for a float32 map (as sgwsss.refine.otsu): e[i] = i * ((hi - lo) / nbins) + lo in
-        # float32 (e[nbins] not yet replaced by hi); returns the estimate's scale nbins / (hi - lo)
+        # numpy's bins for a float32 map (as sgwsss.refine.otsu): e[i] = i * step + lo with step = (hi - lo) / nbins
+        # in float32, the last edge hi; returns (the estimate's scale nbins / (hi - lo), step)
         nbins = e.shape[0] - 1
         span = hi - lo
         step = np.float32(span / np.float64(nbins))  # the float32 quotient (double rounding is exact here)
-        for i in range(nbins + 1):
+        for i in range(nbins):
             e[i] = np.float32(i) * step + lo
-        return np.float32(nbins / np.float64(span))
+        e[nbins] = hi
+        return np.float32(nbins / np.float64(span)), step
 
     @njit(inline="always", cache=True)
     def _span(values, t, above):
@@ -753,10 +754,10 @@ if numba is not None:
         return 2
 
     @njit(cache=True)
-    def _decide(counts, edges, lo, scale, hi, n0, n1, threshold, binary, stats, r, h, w, skip, box):
+    def _decide(counts, edges, lo, hi, scale, step, n0, n1, threshold, binary, stats, r, h, w, skip, box):
         # The threshold of this iteration and what to do (0: output 0, 1: output 1, 2: filter the box).
-        # counts: the histogram parts of the pixels in the last output box (Otsu only); n0 / n1 zeros and
-        # ones outside it; threshold: NaN for Otsu's.
+        # counts: the histogram parts of the pixels in the last output box (Otsu only, then reset); n0 / n1
+        # zeros and ones outside it; edges: from _edges; threshold: NaN for Otsu's.
         if not binary:
             _set_box(box, 0, h, 0, w, 0, h, 0, w)
             return lo, 2
@@ -766,11 +767,11 @@ if numba is not None:
         elif hi > lo:
             nbins = edges.shape[0] - 1
             hist = counts.sum(axis=0).reshape((4, nbins)).sum(axis=0)
+            one, top = np.float32(1), np.float32(nbins - 1)
             if n0:
-                hist[_bin(np.float32(0), lo, scale, edges, nbins)] += n0
+                hist[np.int64(_bin(np.float32(0), lo, scale, step, one, top))] += n0
             if n1:
-                hist[_bin(np.float32(1), lo, scale, edges, nbins)] += n1
-            edges[nbins] = hi
+                hist[np.int64(_bin(np.float32(1), lo, scale, step, one, top))] += n1
             counts[:] = 0
             t = otsu_search(hist, edges)
         return t, _boxes(t, stats, r, h, w, skip, box)
@@ -801,11 +802,11 @@ if numba is not None:
         for it in range(iterations):
             lo, hi = _reduce(parts, h, w, stats)
             binary = it == 0 or not filtered
-            scale = np.float32(1)
+            scale = step = np.float32(1)
             if binary and threshold != threshold and hi > lo:
-                scale = _edges(lo, hi, edges)
-                _histogram_part(q, hbox, lo, scale, edges, counts[0], hbox[0], hbox[1])
-            t, kind = _decide(counts, edges, lo, scale, hi, n0, n1, threshold, binary, stats, r, h, w, skip, box)
+                scale, step = _edges(lo, hi, edges)
+                _histogram_part(q, hbox, lo, scale, step, counts[0], hbox[0], hbox[1])
+            t, kind = _decide(counts, edges, lo, hi, scale, step, n0, n1, threshold, binary, stats, r, h, w, skip, box)
             c1 = _cycles()
             cycles[0] += c1 - c0
             if kind < 2:  # constant: 0 stays 0; 1 becomes 0 at the next Otsu threshold (its own value)
@@ -933,14 +934,14 @@ def _pieces(m: int, n: int) -> int:
     return max(1, min(-(-numba.get_num_threads() // max(m, 1)), n // 32768))
 
 
-def histograms(x: np.ndarray, lo: np.ndarray, scale: np.ndarray, edges: np.ndarray, nbins: int) -> np.ndarray:
-    """Bin counts (M, nbins) of the rows of ``x`` (M, N): ``t = trunc((v - lo) * scale)``, fixed up
-    against ``edges`` (M, nbins + 1) exactly as :func:`sgwsss.refine.otsu._histograms` does (same dtype)."""
+def histograms(x: np.ndarray, lo: np.ndarray, scale: np.ndarray, step: np.ndarray, nbins: int) -> np.ndarray:
+    """Bin counts (M, nbins) of the rows of ``x`` (M, N), exactly as :func:`sgwsss.refine.otsu._histograms` bins
+    them: ``t = trunc((v - lo) * scale)`` fixed up against the edges ``i * step + lo`` (all in x's dtype)."""
     _need()
     m, n = x.shape
     k = _pieces(m, n)
     counts = np.zeros((m * k, nbins), dtype=np.int64)
-    _histograms(x, lo, scale, edges, k, counts)
+    _histograms(x, lo, scale, step, x.dtype.type(nbins - 1), k, counts)
     return counts.reshape(m, k, nbins).sum(axis=1) if k > 1 else counts
 
 
@@ -990,12 +991,12 @@ def _refine_threads(q, guide, mu, icn, inv_nh, inv_nw, r, iterations, threshold,
     for it in range(iterations):
         lo, hi = (np.float32(v) for v in _reduce(parts, h, w, stats))  # numba returns Python floats
         binary = it == 0 or not filtered
-        scale = np.float32(1)
+        scale = step = np.float32(1)
         if binary and threshold != threshold and hi > lo:
-            scale = np.float32(_edges(lo, hi, edges))
+            scale, step = (np.float32(v) for v in _edges(lo, hi, edges))
             if hbox[1] > hbox[0]:
-                _histogram_box(cur, hbox, lo, scale, edges, counts, nt)
-        t, kind = _decide(counts, edges, lo, scale, hi, n0, n1, threshold, binary, stats, r, h, w, skip, box)
+                _histogram_box(cur, hbox, lo, scale, step, counts, nt)
+        t, kind = _decide(counts, edges, lo, hi, scale, step, n0, n1, threshold, binary, stats, r, h, w, skip, box)
         t = np.float32(t)
         tick(0)
         if kind < 2:  # constant (see _refine_serial)

@@ -39,9 +39,9 @@ def _histograms(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, nbins: int)
     edges0 = torch.arange(nbins + 1, device=x.device, dtype=x.dtype)[None, :] * step[:, None]
     edges = edges0 + lo[:, None]
     edges[:, -1] = hi
-    if x.device.type == "cpu" and _cpu_kernels.available():  # the same bins in one fused pass
-        counts = _cpu_kernels.histograms(x.contiguous().numpy(), lo.numpy(), (nbins / span).numpy(),
-                                         (edges0 + lo[:, None]).numpy(), nbins)
+    if x.device.type == "cpu" and _cpu_kernels.available():  # the same bins (edges i * step + lo) in one pass
+        counts = _cpu_kernels.histograms(x.contiguous().numpy(), lo.numpy(), (nbins / span).numpy(), step.numpy(),
+                                         nbins)
         return torch.from_numpy(counts), edges
     # A bin estimate t within +-1 of the true bin, then numpy's fix-up against the edges.
     # The edges are recomputed exactly as linspace does (fl(fl(t * step) + lo)), so no gathers.
