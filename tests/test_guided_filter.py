@@ -372,3 +372,20 @@ def test_eps_too_small_to_invert_is_an_error(channels, eps):
     # with an eps that works, a flat guide makes a_k = 0 and the filter the window mean applied twice
     n = window_counts(20, 20, 3).float()
     torch.testing.assert_close(GuidedFilter(guide, 3, 1e-6)(src), box_sum(box_sum(src, 3) / n, 3) / n)
+
+
+def test_threads_give_the_same_result(voc_root):
+    """The numba path splits the rows into one band per thread (each with a 2r halo): the result does not
+    depend on the thread count."""
+    image, mask = _voc_example(voc_root, 2)
+    guide = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
+    src = torch.from_numpy(np.stack([mask == c for c in np.unique(mask)[:2]]))[None]
+    before = torch.get_num_threads()
+    try:
+        out = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out.append(guided_filter(guide, src, 17, 1e-6))
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(out[0], out[1], rtol=0, atol=1e-6)

@@ -6,35 +6,39 @@
 the same results.
 
 Guided filter (He et al.'s closed form, which Eqs. 7-8 of Ke & Hsu express as a
-kernel; output Eq. 6), for each map ``p`` of one image, in four passes:
+kernel; output Eq. 6 averaged over the windows), :func:`_filter_stream`: one sweep
+down the image, for each map ``p`` (binarised on the fly, ``p = [q > t]``, so no mask
+is materialised):
 
-1. rows: clipped window sums along x of ``[p, I_r p, I_g p, I_b p]`` (``p`` may be
-   binarised on the fly, ``p = [q > t]``, so no mask is materialised);
-2. columns, fused with the coefficients: running sums along y give the window sums,
-   from which ``a_k = (Sigma_k + eps U)^-1 (sum(I p) - mu_k sum(p)) / n_k`` and
-   ``b_k = sum(p) / n_k - a_k^T mu_k`` are formed at once;
-3. rows over ``[a, b]``;
-4. columns fused with the output ``q_i = (sum(a)^T I_i + sum(b)) / n_i``; the pass also
-   records every row's and column's minimum and maximum, from which the
-   refinement takes Otsu's range and the bounding boxes of the next binary mask.
+1. float64 column sums of ``[p, I_r p, I_g p, I_b p]`` over the window, updated as rows
+   enter and leave (the leaving rows kept in a small ring);
+2. their clipped row windows (differences of float64 prefix sums), from which
+   ``a_k = (Sigma_k + eps U)^-1 (sum(I p) - mu_k sum(p)) / n_k`` and
+   ``b_k = sum(p) / n_k - a_k^T mu_k`` of the row follow, kept in a ring of 2r + 2 rows;
+3. r rows later, column and row window sums of ``[a, b]`` give the output
+   ``q_i = (sum(a)^T I_i + sum(b)) / n_i``; every row's and column's minimum and maximum
+   are recorded, from which the refinement takes Otsu's range and the bounding box of
+   the next binary mask.
 
-Windows are clipped to the image (zero padding; ``n`` counts the pixels inside). Row
-sums are differences of float64 prefix sums of one row, column sums float64 running
-sums; intermediate arrays are stored in the compute dtype (float32 for float32 maps,
-float64 for float64 maps). Rows (passes 1, 3) and column blocks (passes 2, 4) are
-spread over numba's threads; ``prepare_threads`` matches torch's thread count.
+The working set (a few rows) stays in the caches. Windows are clipped to the image
+(zero padding; ``n`` counts the pixels inside). The guide statistics ``mu_k`` and
+``(Sigma_k + eps U)^-1 / n_k`` are computed once per image the same way
+(:func:`guide_stats`, float64 arithmetic, stored in the compute dtype).
 
-:func:`refine_maps` runs the whole self-guided refinement of one image's maps
-(Otsu's range and histogram, the threshold, the bounding box of the mask, the four
-passes, per iteration) in one compiled call with preallocated buffers.
+:func:`refine_maps` runs the whole self-guided refinement of one image's maps (per
+iteration: Otsu's histogram and threshold, the box, the filter) in compiled code, in
+one parallel region per image (one map per thread). :func:`filter_maps` splits the
+rows of a map into one band per thread (each band computed from its crop with a 2r
+halo, exactly). ``prepare_threads`` matches torch's thread count. numba runs on TBB
+when the ``tbb`` package is installed (:func:`_load_pip_tbb`).
 
 Loops index views from 0 (no negative-index checks, so LLVM vectorises them).
 Non-finite values are found inside passes that read the values anyway (the guide in
-its statistics, maps in their range or in pass 1): a row's float64 total is NaN or
-infinite as soon as one value is, and :func:`_nonfinite` tests it, compiled without
-fast-math (the kernels' ``fastmath`` flags leave out ``nnan``/``ninf``; the helpers
-that return the test are not ``inline="always"``, which loses it in numba 0.68).
-The Otsu code runs without fast-math: it reproduces scikit-image's float32
+its statistics, maps in their range or in the filter's first sums): a row's float64
+total is NaN or infinite as soon as one value is, and :func:`_nonfinite` tests it,
+compiled without fast-math (the kernels' ``fastmath`` flags leave out ``nnan``/``ninf``;
+the helpers that return the test are not ``inline="always"``, which loses it in numba
+0.68). The Otsu code runs without fast-math: it reproduces scikit-image's float32
 arithmetic bit for bit.
 """
 from __future__ import annotations
