@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from sgwsss.refine.guided_filter import GuidedFilter, box_sum, guide_statistics, guided_filter, window_counts
+from sgwsss.refine.guided_filter_reference import reference_guided_filter
 
 
 pytestmark = pytest.mark.usefixtures("cpu_path")  # both CPU paths: numba kernels and torch
@@ -44,31 +45,28 @@ def naive_guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: fl
     return q
 
 
-def reference_guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
-    """Float64 filter with scipy's running-sum box filter (an independent implementation)."""
-    from scipy.ndimage import uniform_filter
+def kernel_matrix(guide: np.ndarray, radius: int, eps: float) -> np.ndarray:
+    """Eq. 8 of Ke & Hsu written out, with clipped windows: K (N, N) such that G = K B (Eq. 7), N = H W.
 
+    K_pq = 1/n_p sum over windows k containing p and q of 1/n_k (1 + (I_p - mu_k)^T (Sigma_k + eps U)^-1
+    (I_q - mu_k)); with unclipped windows n_p = n_k = |w| and this is the paper's 1/|w|^2 sum.
+    """
     guide = guide.astype(np.float64)
-    src = src.astype(np.float64)
-    c = guide.shape[0]
-    size = 2 * radius + 1
-    count = uniform_filter(np.ones(src.shape), size, mode="constant")
-
-    def mean(x):
-        return uniform_filter(x, size, mode="constant") / count
-
-    mu = np.stack([mean(g) for g in guide])
-    mp = mean(src)
-    cov = np.stack([mean(g * src) for g in guide]) - mu * mp
-    sigma = np.empty(src.shape + (c, c))
-    for i in range(c):
-        for j in range(c):
-            sigma[..., i, j] = mean(guide[i] * guide[j]) - mu[i] * mu[j]
-    sigma += eps * np.eye(c)
-    a = np.linalg.solve(sigma, np.moveaxis(cov, 0, -1)[..., None])[..., 0]
-    a = np.moveaxis(a, -1, 0)
-    b = mp - (a * mu).sum(0)
-    return (np.stack([mean(x) for x in a]) * guide).sum(0) + mean(b)
+    c, h, w = guide.shape
+    flat = guide.reshape(c, -1)
+    kmat = np.zeros((h * w, h * w))
+    counts = np.zeros(h * w)  # n_p: how many windows contain p
+    for y in range(h):
+        for x in range(w):
+            ys, xs = np.mgrid[max(y - radius, 0):min(y + radius + 1, h), max(x - radius, 0):min(x + radius + 1, w)]
+            members = (ys * w + xs).ravel()  # the pixels of window k = (y, x)
+            iw = flat[:, members]
+            mu = iw.mean(1)
+            centred = iw - mu[:, None]
+            inv = np.linalg.inv(centred @ centred.T / members.size + eps * np.eye(c))
+            kmat[np.ix_(members, members)] += (1 + centred.T @ inv @ centred) / members.size
+            counts[members] += 1
+    return kmat / counts[:, None]
 
 
 def _filter_np(guide: np.ndarray, maps: np.ndarray, radius: int, eps: float, dtype=torch.float64) -> np.ndarray:
@@ -99,6 +97,30 @@ def test_box_sum_float32_error_is_relative_to_the_window():
     got = box_sum(x, 17).double()
     want = box_sum(x.double(), 17)
     assert (got - want).abs().max() < 2e-5
+
+
+# ----------------------------------------------------------------------------- the float64 reference
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("shape,radius", [((10, 12), 17), ((13, 11), 2), ((9, 14), 4)])
+def test_reference_matches_explicit_windows(channels, shape, radius):
+    rng = np.random.default_rng(radius * 10 + channels)
+    guide = rng.random((channels,) + shape)
+    guide[:, : shape[0] // 2] = 0.5 + 0.001 * guide[:, : shape[0] // 2]
+    src = (rng.random(shape) > 0.5).astype(np.float64)
+    for eps in (1e-2, 1e-6):
+        np.testing.assert_allclose(reference_guided_filter(guide, src, radius, eps),
+                                   naive_guided_filter(guide, src, radius, eps), rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_reference_is_the_kernel_of_eqs_7_8(channels):
+    """He et al.'s closed form (the reference) equals G = K(I) B with the kernel K of Eq. 8."""
+    rng = np.random.default_rng(channels)
+    guide = rng.random((channels, 7, 9))
+    src = (rng.random((7, 9)) > 0.4).astype(np.float64)
+    kmat = kernel_matrix(guide, 2, 1e-3)
+    np.testing.assert_allclose(kmat @ src.ravel(), reference_guided_filter(guide, src, 2, 1e-3).ravel(), atol=1e-12)
+    np.testing.assert_allclose(kmat.sum(1), 1.0, atol=1e-12)  # constants are preserved
 
 
 # ----------------------------------------------------------------------------- exact references
@@ -288,3 +310,82 @@ def test_argument_errors():
         gf(torch.ones(1, 2, 8, 8, dtype=torch.int64))
     with pytest.raises(ValueError, match="at least 2 dims"):
         box_sum(torch.rand(5), 1)
+
+
+# ----------------------------------------------------------------------------- the function and its cache
+def test_function_is_the_operator_and_the_class_its_cache():
+    g = torch.Generator().manual_seed(12)
+    guide = torch.rand(2, 3, 30, 40, generator=g)
+    src = torch.rand(2, 3, 30, 40, generator=g)
+    gf = GuidedFilter(guide, 5, 1e-4)
+    want = guided_filter(guide, src, 5, 1e-4)
+    assert torch.equal(gf(src), want)
+    assert torch.equal(guided_filter(guide, src, 5, 1e-4, statistics=gf.stats), want)
+    assert torch.equal(guided_filter(guide, src > 0.5, 5, 1e-4, skip_constant=True), gf(src > 0.5, skip_constant=True))
+    with pytest.raises(ValueError, match="statistics were computed with radius=5"):
+        guided_filter(guide, src, 4, 1e-4, statistics=gf.stats)
+
+
+# ----------------------------------------------------------------------------- non-finite inputs (issue 16)
+def _nan_case(shape=(1, 3, 40, 50)):
+    g = torch.Generator().manual_seed(13)
+    return torch.rand(*shape, generator=g), torch.rand(1, 2, *shape[2:], generator=g)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_src_is_rejected(bad):
+    guide, src = _nan_case()
+    src[0, 1, 20, 25] = bad  # one pixel: it would spoil the whole map
+    with pytest.raises(ValueError, match="src must be finite"):
+        guided_filter(guide, src, 17, 1e-6)
+    with pytest.raises(ValueError, match="src must be finite"):
+        GuidedFilter(guide, 17, 1e-6)(src, skip_constant=True)
+    flat = torch.full((1, 1, 40, 50), bad)  # constant: skip_constant would not even read it
+    with pytest.raises(ValueError, match="src must be finite"):
+        GuidedFilter(guide, 5, 1e-6)(flat, skip_constant=True)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_guide_is_rejected(bad):
+    guide, src = _nan_case()
+    guide[0, 2, 0, 49] = bad
+    with pytest.raises(ValueError, match="guide must be finite"):
+        guided_filter(guide, src, 17, 1e-6)
+    with pytest.raises(ValueError, match="guide must be finite"):
+        guide_statistics(guide.double(), 3, 1e-3)
+
+
+@pytest.mark.parametrize("eps", [float("inf"), float("nan"), 0.0, -1e-3, "1e-6x"])
+def test_eps_must_be_a_finite_positive_number(eps):
+    guide, src = _nan_case()
+    with pytest.raises(ValueError, match="eps must be a finite number > 0"):
+        guided_filter(guide, src, 17, eps)
+
+
+@pytest.mark.parametrize("channels,eps", [(3, 1e-120), (1, 1e-320)])
+def test_eps_too_small_to_invert_is_an_error(channels, eps):
+    # flat guide: Sigma_k = 0, so det(Sigma_k + eps U) = eps^3 underflows (colour), 1 / eps overflows (grey)
+    guide = torch.full((1, channels, 20, 20), 0.5)
+    with pytest.raises(ValueError, match=f"eps={eps!r} is too small"):
+        GuidedFilter(guide, 3, eps)
+    src = torch.rand(1, 1, 20, 20, generator=torch.Generator().manual_seed(1))
+    # with an eps that works, a flat guide makes a_k = 0 and the filter the window mean applied twice
+    n = window_counts(20, 20, 3).float()
+    torch.testing.assert_close(GuidedFilter(guide, 3, 1e-6)(src), box_sum(box_sum(src, 3) / n, 3) / n)
+
+
+def test_threads_give_the_same_result(voc_root):
+    """The numba path splits the rows into one band per thread (each with a 2r halo): the result does not
+    depend on the thread count."""
+    image, mask = _voc_example(voc_root, 2)
+    guide = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
+    src = torch.from_numpy(np.stack([mask == c for c in np.unique(mask)[:2]]))[None]
+    before = torch.get_num_threads()
+    try:
+        out = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out.append(guided_filter(guide, src, 17, 1e-6))
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(out[0], out[1], rtol=0, atol=1e-6)

@@ -134,3 +134,38 @@ def test_large_maps_split_over_threads_match_skimage(kind, threads):
         np.testing.assert_array_equal(hi, maps.reshape(2, -1).max(axis=1))
     finally:
         numba.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------- non-finite maps (issue 16)
+@pytest.mark.parametrize("bad", [float("inf"), -float("inf"), float("nan")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_non_finite_maps_are_rejected(bad, dtype):
+    maps = torch.rand(2, 3, 30, 40, generator=torch.Generator().manual_seed(3), dtype=dtype)
+    maps[1, 2, 7, 9] = bad  # one +Inf pixel used to return NaN, so the class vanished
+    with pytest.raises(ValueError, match=r"maps must be finite: map \(1, 2\)"):
+        otsu_threshold(maps)
+    with pytest.raises(ValueError, match="maps must be finite"):
+        binarize(maps)
+
+
+# ----------------------------------------------------------------------------- the compiled search
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_search_is_bit_identical_to_numpy(dtype):
+    """The fused refinement's Otsu search (numba) returns exactly what the numpy search returns."""
+    from sgwsss.refine import _cpu_kernels
+    from sgwsss.refine.otsu import _otsu_from_histograms
+
+    if not _cpu_kernels.available():
+        pytest.skip("numba not installed")
+    rng = np.random.default_rng(11)
+    for trial in range(200):
+        nbins = int(rng.choice([2, 3, 17, 256]))
+        counts = rng.integers(0, [1, 5, 1000, 200000][trial % 4], nbins)
+        counts[0] += 1
+        counts[-1] += 1  # as in a histogram over [min, max]
+        lo, hi = sorted(rng.normal(0, [1, 1e-3, 1e3][trial % 3], 2).astype(dtype))
+        hi = hi if hi > lo else lo + dtype(1)
+        edges = np.linspace(lo, hi, nbins + 1, dtype=dtype)
+        want = _otsu_from_histograms(counts[None], edges[None])[0]
+        got = _cpu_kernels.otsu_search(counts, edges)
+        assert got == want, (trial, got, want)  # numba returns a Python float holding the value exactly

@@ -11,7 +11,9 @@ the (n_maps, 256) histograms with numpy.
 
 Constant maps (including all-zero maps of absent classes): the threshold is the
 constant value itself, as in scikit-image (never NaN), so ``map > threshold`` is
-empty. NaN values are not supported.
+empty. Maps must be finite: a NaN or infinite value raises ``ValueError`` (one +Inf
+pixel would otherwise make the threshold NaN and the class vanish); the check is
+folded into the pass that finds each map's range.
 """
 
 from __future__ import annotations
@@ -37,9 +39,9 @@ def _histograms(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, nbins: int)
     edges0 = torch.arange(nbins + 1, device=x.device, dtype=x.dtype)[None, :] * step[:, None]
     edges = edges0 + lo[:, None]
     edges[:, -1] = hi
-    if x.device.type == "cpu" and _cpu_kernels.available():  # the same bins in one fused pass
-        counts = _cpu_kernels.histograms(x.contiguous().numpy(), lo.numpy(), (nbins / span).numpy(),
-                                         (edges0 + lo[:, None]).numpy(), nbins)
+    if x.device.type == "cpu" and _cpu_kernels.available():  # the same bins (edges i * step + lo) in one pass
+        counts = _cpu_kernels.histograms(x.contiguous().numpy(), lo.numpy(), (nbins / span).numpy(), step.numpy(),
+                                         nbins)
         return torch.from_numpy(counts), edges
     # A bin estimate t within +-1 of the true bin, then numpy's fix-up against the edges.
     # The edges are recomputed exactly as linspace does (fl(fl(t * step) + lo)), so no gathers.
@@ -75,7 +77,7 @@ def otsu_threshold(maps: torch.Tensor, nbins: int = 256) -> torch.Tensor:
 
     Equals ``skimage.filters.threshold_otsu(maps[b, k], nbins=nbins)`` for every map
     (same dtype; float16/bfloat16 maps are processed as float32). A constant map's
-    threshold is its value.
+    threshold is its value. Raises ``ValueError`` if a map holds NaN or +-Inf.
     """
     if not isinstance(maps, torch.Tensor):
         raise TypeError(f"maps must be a torch.Tensor, got {type(maps).__name__}")
@@ -92,9 +94,14 @@ def otsu_threshold(maps: torch.Tensor, nbins: int = 256) -> torch.Tensor:
     if x.dtype not in (torch.float32, torch.float64):
         x = x.float()
     if x.device.type == "cpu" and _cpu_kernels.available():  # one parallel pass, also for a single map
-        lo, hi = (torch.from_numpy(v) for v in _cpu_kernels.minmax(x.contiguous().numpy()))
+        lo, hi, finite = (torch.from_numpy(v) for v in _cpu_kernels.minmax(x.contiguous().numpy(), with_finite=True))
     else:
-        lo, hi = torch.aminmax(x, dim=1)
+        lo, hi = torch.aminmax(x, dim=1)  # NaN propagates: a row with NaN or +-Inf has a non-finite end
+        finite = torch.isfinite(lo) & torch.isfinite(hi)
+    if not bool(finite.all()):
+        first = int(torch.nonzero(~finite.cpu())[0])
+        raise ValueError(f"maps must be finite: map {divmod(first, k)} (of shape (B, K) = {(b, k)}) holds NaN "
+                         "or infinite values")
     thresholds = lo.clone()  # constant maps: the value itself
     rows = torch.nonzero(lo != hi).flatten()
     if rows.numel() > 0:
