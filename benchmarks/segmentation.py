@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
+from sgwsss.book.report import save_result
 from sgwsss.data import CLASSES, VOCSegmentation, resolve_root
 from sgwsss.evaluate import evaluate_folder, per_class_table
-from sgwsss.book.report import save_result
 from sgwsss.train import load_checkpoint, predict, train_images_per_class
 
 
