@@ -16,7 +16,7 @@ import time
 
 from sgwsss.data import VOCSegmentation, resolve_root
 from sgwsss.book.report import oracle_table, save_result
-from sgwsss.evaluate import oracle_refinement, subset_indices
+from sgwsss.evaluate import oracle_refinement, pct, subset_indices
 
 
 def main():
@@ -36,7 +36,7 @@ def main():
     t0 = time.perf_counter()
     for g in grows:
         out[str(g)] = oracle_refinement(ds, idx, stride=args.stride, grow=g, iterations=iterations)
-        print(f"{g:+d} px:", {k: round(100 * v, 1) for k, v in out[str(g)].items()}, flush=True)
+        print(f"{g:+d} px:", {k: pct(v) for k, v in out[str(g)].items()}, flush=True)
     record = {"split": "train", "images": len(idx), "stride": args.stride, "iterations": iterations, "grow": grows,
               "miou": out}
     print(f"train: {len(idx)} images, stride {args.stride}, radius 17, eps 1e-6")

@@ -14,17 +14,13 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 from sgwsss.data import VOCSegmentation, resolve_root
+from sgwsss.evaluate import subset_indices
+from sgwsss.pipeline import PseudoLabelPipeline
+from sgwsss.refine.pseudo_label import pseudo_label
 from sgwsss.train import get_config
 from sgwsss.train.checkpoint import network_for
-from sgwsss.refine.affinity import affinity_matrix, resize_to_grid, transition_matrix
-from sgwsss.refine.pseudo_label import pseudo_label
-from sgwsss.refine.random_walk import random_walk
-from sgwsss.refine.self_guided import self_guided_refine
-from sgwsss.refine.stages import normalize_maps
-from sgwsss.evaluate import subset_indices
 
 
 def sync(device):
@@ -37,7 +33,7 @@ def main(argv=None):
     ap.add_argument("--voc-root", default=None)
     ap.add_argument("--checkpoint", default=None, help="a trained run's checkpoint (default: ImageNet weights)")
     ap.add_argument("--images", type=int, default=30)
-    ap.add_argument("--iterations", type=int, default=15)
+    ap.add_argument("--iterations", type=int, default=15, choices=(1, 15), help="1: stage G; 15: stage G-iter15")
     ap.add_argument("--grid", type=int, default=None)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None)
@@ -55,6 +51,8 @@ def main(argv=None):
         cfg = get_config("cpu", budget=1.0)
         model = network_for(cfg).to(device)
     grid = args.grid or cfg.grid
+    stage = {1: "G", 15: "G-iter15"}[args.iterations]
+    pipeline = PseudoLabelPipeline.from_config(cfg, stage=stage, crf=False).replace(grid=grid)  # as the run's labels
     model.eval()
     ds = VOCSegmentation(resolve_root(args.voc_root), split="train")
     parts = {"forward": [], "affinity + random walk": [], f"guided filter x{args.iterations}": [], "Eq. 11": []}
@@ -64,16 +62,13 @@ def main(argv=None):
         x, lab = item["image"][None].to(device), item["label"][None].to(device)
         with torch.no_grad():
             sync(device); t0 = time.perf_counter()
-            out = model.infer(x, cfg.infer_scales, cfg.infer_flip)  # as the run's pseudo labels
+            net = pipeline.infer(model, x, lab)
             sync(device); t1 = time.perf_counter()
-            T = transition_matrix(affinity_matrix(out.feat, grid=grid), beta=cfg.beta)
-            a = normalize_maps(out.cam, lab)
-            r = random_walk(T, resize_to_grid(a, grid))
-            r = F.interpolate(r, size=x.shape[-2:], mode="bilinear", align_corners=False)  # as refine_stage("G")
+            r = pipeline.base_maps(net)  # T (Eqs. 2-3) and R = T A (Eq. 5), upsampled
             sync(device); t2 = time.perf_counter()
-            g = self_guided_refine(x, r, iterations=args.iterations, labels=lab, radius=cfg.radius, eps=cfg.eps)
+            g = pipeline.refine(net, r)
             sync(device); t3 = time.perf_counter()
-            pseudo_label(g, lab)
+            pseudo_label(g, net.labels)
             sync(device); t4 = time.perf_counter()
         if n < 2:  # warm-up
             continue

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from sgwsss.data import CLASSES, VOCSegmentation, resolve_root
-from sgwsss.evaluate import evaluate_folder, per_class_table
 from sgwsss.book.report import save_result
+from sgwsss.data import CLASSES, VOCSegmentation, resolve_root
+from sgwsss.evaluate import evaluate_folder, pct, per_class_table
 from sgwsss.train import load_checkpoint, predict, train_images_per_class
 
 
@@ -46,7 +46,7 @@ def main():
     print(f"{args.split}: {len(ds)} images; final network of {args.run} ({cfg.name}, pseudo labels {cfg.pseudo_stage},"
           f" scales {list(cfg.infer_scales)}, flip {cfg.infer_flip})")
     print(per_class_table(results, CLASSES))
-    print({k: round(100 * v["miou"], 1) for k, v in results.items()}, "seconds:", {k: round(v) for k, v in seconds.items()})
+    print({k: pct(v["miou"]) for k, v in results.items()}, "seconds:", {k: round(v) for k, v in seconds.items()})
     if not args.no_save:
         path = save_result("segmentation", {
             "split": args.split, "run": str(args.run), "config": cfg.to_dict(), "images": len(ds),

@@ -8,8 +8,9 @@ from, with the run's grid, beta, radius and eps (``--beta`` overrides the walk's
 beta, e.g. 1 for the paper's ``T = D^-1 W``). For each stage (A, R, G-w/o-aff,
 G, G-iter15-w/o-aff, G-iter15) the pseudo labels (Eq. 11) of the ``train`` images
 are scored against the ground truth (mIoU as the nan-mean over classes with a
-non-zero union); with CRF on the first ``--crf-images`` of them (spread evenly;
-the CRF costs 1-5 s per image and stage on two cores). Prints a table and saves
+non-zero union); with CRF on ``--crf-images`` of them (spread evenly; the CRF
+costs 1-5 s per image and stage on two cores). Labels and CRF come from the run's
+:class:`~sgwsss.pipeline.PseudoLabelPipeline`, the recipe its training used. Prints a table and saves
 ``sgwsss/book/results/stages.json``, with the run's time per training phase
 (``run_seconds``, from its ``metrics.jsonl``). Exits 0.
 """
@@ -19,12 +20,12 @@ from pathlib import Path
 
 import torch
 
+from sgwsss.book.report import save_result
 from sgwsss.constants import STAGES
 from sgwsss.data import CLASSES, VOCSegmentation, resolve_root
-from sgwsss.book.report import markdown_table, pct, save_result
-from sgwsss.evaluate import config_kwargs, stage_miou, subset_indices
-from sgwsss.train import load_checkpoint, phase_seconds, train_images_per_class
-from sgwsss.train.loop import METRICS_FILE
+from sgwsss.evaluate import markdown_table, pct, stage_miou, subset_indices
+from sgwsss.pipeline import PseudoLabelPipeline
+from sgwsss.train import METRICS_FILE, load_checkpoint, phase_seconds, train_images_per_class
 
 
 def main():
@@ -46,13 +47,13 @@ def main():
     root = resolve_root(args.voc_root)
     ds = VOCSegmentation(root, split=args.split, with_mask=True)
     beta = cfg.beta if args.beta is None else args.beta
-    kw = {**config_kwargs(cfg), "beta": beta}
+    pipeline = PseudoLabelPipeline.from_config(cfg).replace(beta=beta)  # the run's pseudo-label recipe
     t0 = time.perf_counter()
-    plain = stage_miou(model, ds, stages, indices=subset_indices(len(ds), args.images), **kw)
+    plain = stage_miou(model, ds, stages, pipeline, indices=subset_indices(len(ds), args.images))
     t1 = time.perf_counter()
     crf = {}
     if args.crf_images:
-        scored = stage_miou(model, ds, stages, crf=True, indices=subset_indices(len(ds), args.crf_images), **kw)
+        scored = stage_miou(model, ds, stages, pipeline, crf=True, indices=subset_indices(len(ds), args.crf_images))
         crf = {s: scored[s + "+CRF"] for s in stages}
         plain_sub = {s: scored[s] for s in stages}
     t2 = time.perf_counter()

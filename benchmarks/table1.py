@@ -14,26 +14,20 @@ pseudo labels, predictions and ``table1.md`` under ``--out``. Exits 0.
 """
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 import torch
 
-from sgwsss.data import CLASSES, TrainTransform, VOCSegmentation, resolve_root
-from sgwsss.evaluate import per_class_table
-from sgwsss.refine.stages import STAGES
 from sgwsss.book.report import load_result, save_result
-from sgwsss.evaluate import subset_indices
+from sgwsss.constants import STAGES
+from sgwsss.data import CLASSES, VOCSegmentation, resolve_root
+from sgwsss.evaluate import evaluate_folder, markdown_table, pct, per_class_table, subset_indices
+from sgwsss.files import atomic_write_text
 from sgwsss.paper import PAPER_TABLE1
-from sgwsss.train import generate_pseudo_labels, load_checkpoint, predict
+from sgwsss.pipeline import PseudoLabelPipeline
+from sgwsss.train import generate_pseudo_labels, load_checkpoint, predict, train_transform
 from sgwsss.train.loop import Runtime, train_step2
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def main():
@@ -71,10 +65,9 @@ def main():
         sdir = args.out / stage.replace("/", "")
         pseudo = sdir / "pseudo"
         model, _ = load_checkpoint(step1, device=device)
-        generate_pseudo_labels(model, VOCSegmentation(root, split=cfg.train_split, ids=ids), pseudo, stage=stage,
-                               cfg=cfg)
-        ds2 = VOCSegmentation(root, split=cfg.train_split, ids=ids, mask_dir=pseudo,
-                              transform=TrainTransform(crop_size=cfg.crop_size, scale=cfg.scale))
+        generate_pseudo_labels(model, VOCSegmentation(root, split=cfg.train_split, ids=ids), pseudo,
+                               PseudoLabelPipeline.from_config(cfg, stage=stage))
+        ds2 = VOCSegmentation(root, split=cfg.train_split, ids=ids, mask_dir=pseudo, transform=train_transform(cfg))
         train_step2(model, ds2, cfg, Runtime(device=device, work_dir=None))
         model.eval()
         pl = (measured or {}).get("stages", {}).get(stage, {})
@@ -84,39 +77,23 @@ def main():
             pred = sdir / ("pred_crf" if crf else "pred")
             predict(model, VOCSegmentation(root, split="val", ids=val_ids), pred, crf=crf, scales=cfg.infer_scales,
                     flip=cfg.infer_flip)
-            scores = _evaluate_ids(root, pred, val_ids)
+            scores = evaluate_folder(root, "val", pred, ids=val_ids, progress=False)
             row["val_miou_crf" if crf else "val_miou"] = scores["miou"]
             row["val_iou_crf" if crf else "val_iou"] = scores["iou"]
         row["seconds"] = time.perf_counter() - t0
         results["stages"][stage] = row
-        write_atomic(args.out / "table1.json", json.dumps(results, indent=1))
+        atomic_write_text(args.out / "table1.json", json.dumps(results, indent=1))
         if not args.no_save:
             save_result("table1", results)
         print(stage, {k: v for k, v in row.items() if "iou" not in k or "miou" in k}, flush=True)
 
-    lines = ["| stage | pseudo-label mIoU (train) | val mIoU | val mIoU + CRF | paper |", "|---|---|---|---|---|"]
-    fmt = lambda v: "-" if v is None else f"{100 * v:.1f}"
-    for s, r in results["stages"].items():
-        lines.append(f"| {s} | {fmt(r['pseudo_label_miou_train'])} | {fmt(r.get('val_miou'))} | "
-                     f"{fmt(r.get('val_miou_crf'))} | {PAPER_TABLE1[s] if PAPER_TABLE1[s] is not None else 'n/a'} |")
+    rows = [[s, pct(r["pseudo_label_miou_train"]), pct(r.get("val_miou")), pct(r.get("val_miou_crf")),
+             "n/a" if PAPER_TABLE1[s] is None else PAPER_TABLE1[s]] for s, r in results["stages"].items()]
+    table = markdown_table(["stage", "pseudo-label mIoU (train)", "val mIoU", "val mIoU + CRF", "paper"], rows)
     per_class = {s: {"miou": r["val_miou"], "iou": r["val_iou"]} for s, r in results["stages"].items()}
-    md = "\n".join(lines) + "\n\nPer class (val, no CRF):\n\n" + per_class_table(per_class, CLASSES) + "\n"
-    write_atomic(args.out / "table1.md", md)
+    md = table + "\n\nPer class (val, no CRF):\n\n" + per_class_table(per_class, CLASSES) + "\n"
+    atomic_write_text(args.out / "table1.md", md)
     print(md)
-
-
-def _evaluate_ids(root, pred_dir, ids):
-    """mIoU over ``ids`` only (evaluate_folder scores a whole split)."""
-    import numpy as np
-    from PIL import Image
-
-    from sgwsss.evaluate import ConfusionMeter
-
-    meter = ConfusionMeter()
-    gt_ds = VOCSegmentation(root, split="val", with_mask=True, ids=ids)
-    for item in gt_ds:
-        meter.update(np.array(Image.open(Path(pred_dir) / f"{item['id']}.png")), item["mask"].numpy())
-    return meter.as_dict(CLASSES)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,9 @@ import time
 
 import torch
 
-from sgwsss.data import TrainTransform, VOCSegmentation, resolve_root
+from sgwsss.data import VOCSegmentation, resolve_root
 from sgwsss.losses import segmentation_loss, step1_loss
-from sgwsss.train import get_config
+from sgwsss.train import get_config, train_transform
 from sgwsss.train.checkpoint import network_for
 
 
@@ -38,7 +38,7 @@ def main(argv=None):
         model = network_for(cfg, pretrained=False).to(device)
     model.train()
     ds = VOCSegmentation(resolve_root(args.voc_root), split="train", with_mask=True,
-                         transform=TrainTransform(crop_size=cfg.crop_size, scale=cfg.scale))
+                         transform=train_transform(cfg))
     opt = torch.optim.SGD(model.param_groups(cfg.step1_lr, cfg.weight_decay), lr=cfg.step1_lr, momentum=0.9)
     print(f"config {cfg.name}: {cfg.backbone}, crop {cfg.crop_size}, grid {cfg.grid}, device {device}, "
           f"threads {torch.get_num_threads()}")

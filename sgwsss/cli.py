@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train", choices=SPLITS)
     p.add_argument("--stage", default="G-iter15", choices=STAGES)
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--crf", action="store_true", help="dense CRF post-processing")
+    p.add_argument("--crf", action="store_true", help="dense CRF post-processing (classes: background + the image's)")
 
     p = sub.add_parser("predict", help="write the segmentation network's masks as <id>.png")
     p.add_argument("--checkpoint", required=True, type=_existing_file)
@@ -121,10 +121,12 @@ def _load_for_inference(args):
 
 
 def _cmd_pseudo_labels(args) -> int:
+    from sgwsss.pipeline import PseudoLabelPipeline
     from sgwsss.train import generate_pseudo_labels
 
     model, meta, dataset = _load_for_inference(args)
-    n = generate_pseudo_labels(model, dataset, args.out, stage=args.stage, cfg=meta["config"], crf=args.crf)
+    pipeline = PseudoLabelPipeline.from_config(meta["config"], stage=args.stage, crf=args.crf)
+    n = generate_pseudo_labels(model, dataset, args.out, pipeline)
     print(json.dumps({"written": n, "out": str(args.out), "stage": args.stage}))
     return 0
 

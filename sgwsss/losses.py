@@ -1,5 +1,5 @@
-"""Losses of Ke & Hsu: classification (Eq. 1), affinity (Eq. 4), segmentation (Eq. 12)
-and the step-1 objective (Eq. 13)."""
+"""Losses of Ke & Hsu: classification (Eq. 1), affinity (Eq. 4), segmentation (Eq. 12; through the
+guided-filter layer, Eqs. 6-10) and the step-1 objective (Eq. 13)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from sgwsss.refine.affinity import affinity_matrix, color_similarity, transition_matrix
 
-__all__ = ["classification_loss", "affinity_loss", "segmentation_loss", "step1_loss"]
+__all__ = ["classification_loss", "affinity_loss", "segmentation_loss", "guided_segmentation_loss", "step1_loss"]
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -86,6 +86,29 @@ def segmentation_loss(seg_logits: torch.Tensor, target: torch.Tensor, ignore_ind
     if not (target != ignore_index).any():
         return seg_logits.sum() * 0.0
     return F.cross_entropy(seg_logits, target, ignore_index=ignore_index)
+
+
+def guided_segmentation_loss(seg_logits: torch.Tensor, image: torch.Tensor, target: torch.Tensor,
+                             radius: int = 17, eps: float = 1e-6, ignore_index: int = 255) -> torch.Tensor:
+    """Eq. 12 through the guided-filter layer (Eqs. 6-10 of Ke & Hsu): ``L_seg(softmax(GF_I(S)), C)``.
+
+    The logits ``seg_logits`` (B, K, h, w) are bilinearly upsampled to the target's (H, W),
+    filtered with the crop ``image`` (B, 3, H, W) as guide (:func:`~sgwsss.refine.guided_filter.guided_filter`,
+    radius and eps of Eq. 8), and the cross-entropy of the result with the pseudo labels
+    ``target`` (B, H, W) is returned, so the gradient of ``L_seg`` passes through the filter's
+    coefficients (Eqs. 9-10) to the segmentation branch. The reading of Sec. 3.3 this
+    implements is set out in :mod:`sgwsss.refine.guided_layer`.
+    """
+    from sgwsss.refine.guided_filter import guided_filter
+
+    if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[0] != seg_logits.shape[0]:
+        raise ValueError(f"image must have shape (B, 3, H, W) with B={seg_logits.shape[0]}, "
+                         f"got {tuple(getattr(image, 'shape', ()))}")
+    if image.shape[-2:] != target.shape[-2:]:
+        raise ValueError(f"image size {tuple(image.shape[-2:])} must match the target's {tuple(target.shape[-2:])}")
+    logits = F.interpolate(seg_logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+    filtered = guided_filter(image.to(logits.dtype), logits, radius=radius, eps=eps)
+    return segmentation_loss(filtered, target, ignore_index)
 
 
 def step1_loss(

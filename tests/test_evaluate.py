@@ -9,15 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from sgwsss.evaluate import (
-    VOC_CLASSES,
-    ConfusionMeter,
-    confusion_matrix,
-    evaluate_folder,
-    iou_per_class,
-    mean_iou,
-    per_class_table,
-)
+from sgwsss.evaluate import (VOC_CLASSES, ConfusionMeter, Evaluator, confusion_matrix, evaluate_folder, iou_per_class,
+                             mean_iou, per_class_table)
 
 VOC_ROOT = Path(os.environ.get("SGWSSS_VOC_ROOT",
                                Path(__file__).resolve().parents[1].parent / "shared" / "voc-sample"))
@@ -144,16 +137,19 @@ def test_per_class_table_format():
 
 
 def _mini_voc(tmp_path, ids, sub="SegmentationClassAug"):
-    """A VOC root with a 5-id val split whose masks are copied from the sample."""
+    """A VOC root with a val split of ``ids`` whose images and masks are copied from the sample, and an
+    empty prediction folder: ``(root, VOC2012 folder, prediction folder)``."""
     root = tmp_path / "voc"
     voc = root / "VOCdevkit" / "VOC2012"
     (voc / "ImageSets" / "Segmentation").mkdir(parents=True)
     (voc / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids) + "\n")
     for i in ids:
-        dst = voc / sub / f"{i}.png"
-        dst.parent.mkdir(exist_ok=True)
-        shutil.copy(VOC / "SegmentationClassAug" / f"{i}.png", dst)
-    return root, voc
+        for src, dst in ((VOC / "SegmentationClassAug" / f"{i}.png", voc / sub / f"{i}.png"),
+                         (VOC / "JPEGImages" / f"{i}.jpg", voc / "JPEGImages" / f"{i}.jpg")):
+            dst.parent.mkdir(exist_ok=True)
+            shutil.copy(src, dst)
+    (tmp_path / "pred").mkdir()
+    return root, voc, tmp_path / "pred"
 
 
 def _val_ids(n=5):
@@ -163,9 +159,7 @@ def _val_ids(n=5):
 @needs_voc
 def test_evaluate_folder_perfect_and_one_pixel_changed(tmp_path):
     ids = _val_ids()
-    root, voc = _mini_voc(tmp_path, ids)
-    pred_dir = tmp_path / "pred"
-    pred_dir.mkdir()
+    root, voc, pred_dir = _mini_voc(tmp_path, ids)
     for i in ids:
         shutil.copy(VOC / "SegmentationClassAug" / f"{i}.png", pred_dir / f"{i}.png")
     res = evaluate_folder(root, "val", pred_dir, progress=False)
@@ -201,9 +195,7 @@ def test_evaluate_folder_perfect_and_one_pixel_changed(tmp_path):
 @needs_voc
 def test_evaluate_folder_falls_back_to_segmentation_class(tmp_path):
     ids = _val_ids(2)
-    root, _ = _mini_voc(tmp_path, ids, sub="SegmentationClass")
-    pred_dir = tmp_path / "pred"
-    pred_dir.mkdir()
+    root, _, pred_dir = _mini_voc(tmp_path, ids, sub="SegmentationClass")
     for i in ids:
         shutil.copy(VOC / "SegmentationClassAug" / f"{i}.png", pred_dir / f"{i}.png")
     # accepts the VOC2012 folder as root too
@@ -213,9 +205,7 @@ def test_evaluate_folder_falls_back_to_segmentation_class(tmp_path):
 @needs_voc
 def test_evaluate_folder_errors(tmp_path):
     ids = _val_ids()
-    root, _ = _mini_voc(tmp_path, ids)
-    pred_dir = tmp_path / "pred"
-    pred_dir.mkdir()
+    root, _, pred_dir = _mini_voc(tmp_path, ids)
     shutil.copy(VOC / "SegmentationClassAug" / f"{ids[1]}.png", pred_dir / f"{ids[1]}.png")
     with pytest.raises(FileNotFoundError, match=f"4 of 5 .*{ids[0]}, {ids[2]}"):
         evaluate_folder(root, "val", pred_dir, progress=False)
@@ -224,7 +214,39 @@ def test_evaluate_folder_errors(tmp_path):
     Image.fromarray(np.zeros((7, 9), np.uint8)).save(pred_dir / f"{ids[3]}.png")
     with pytest.raises(ValueError, match=ids[3]):
         evaluate_folder(root, "val", pred_dir, progress=False)
-    with pytest.raises(FileNotFoundError, match="split file"):
+    with pytest.raises(FileNotFoundError, match="split 'train': list file .*train.txt not found"):
         evaluate_folder(root, "train", pred_dir, progress=False)
     with pytest.raises(FileNotFoundError, match="VOCdevkit"):
         evaluate_folder(tmp_path / "nowhere", "val", pred_dir, progress=False)
+
+
+@needs_voc
+def test_evaluator_scores_any_subset_from_a_folder_or_from_memory(tmp_path):
+    """One evaluator: a subset of ids (folder or in-memory masks) scores what a hand count over those ids says."""
+    ids = _val_ids()
+    root, voc, pred_dir = _mini_voc(tmp_path, ids)
+    gts = {i: np.array(Image.open(voc / "SegmentationClassAug" / f"{i}.png")) for i in ids}
+    preds = {i: np.where(g == 255, 0, g) for i, g in gts.items()}
+    first = ids[0]
+    preds[first] = np.zeros_like(preds[first])  # the first image all background
+    subset = [ids[3], first]  # any order, any subset
+    for i in subset:  # the folder holds the subset only: the others' absence must not matter
+        Image.fromarray(preds[i].astype(np.uint8), mode="L").save(pred_dir / f"{i}.png")
+    ref = ConfusionMeter()
+    for i in subset:
+        ref.update(preds[i], gts[i])
+    from_folder = evaluate_folder(root, "val", pred_dir, ids=subset, progress=False)
+    from_memory = Evaluator.of_split(root, "val", ids=subset).score({i: preds[i] for i in subset})
+    assert from_folder == from_memory
+    assert from_folder["num_images"] == 2 and from_folder["miou"] == pytest.approx(ref.miou())
+    np.testing.assert_array_equal(np.array(from_folder["confusion"]), ref.conf)
+    assert from_folder["miou"] < 1.0
+    # the whole split is missing three predictions; unknown ids and mask_dir datasets are refused
+    with pytest.raises(FileNotFoundError, match="3 of 5"):
+        evaluate_folder(root, "val", pred_dir, progress=False)
+    with pytest.raises(KeyError, match="not among the 2 ids"):
+        Evaluator.of_split(root, "val", ids=subset).add(ids[1], preds[ids[1]])
+    from sgwsss.data import VOCSegmentation
+
+    with pytest.raises(ValueError, match="mask_dir"):
+        Evaluator(VOCSegmentation(root, split="val", ids=subset, mask_dir=pred_dir))

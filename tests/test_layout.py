@@ -3,7 +3,7 @@ import subprocess
 import sys
 
 CORE = ["sgwsss.data", "sgwsss.model", "sgwsss.losses", "sgwsss.refine", "sgwsss.crf", "sgwsss.evaluate",
-        "sgwsss.train", "sgwsss.cli", "sgwsss.paper"]
+        "sgwsss.train", "sgwsss.cli", "sgwsss.paper", "sgwsss.pipeline", "sgwsss.files"]
 
 
 def test_core_imports_no_book_or_plotting_code():

@@ -11,9 +11,11 @@ import torch
 import torch.multiprocessing as mp
 from PIL import Image
 
+from sgwsss.data import save_mask
+from sgwsss.pipeline import PseudoLabelPipeline
 from sgwsss.train import (CONFIGS, DataOrder, Runtime, atomic_save, get_config, load_checkpoint, poly_lr,
-                          read_checkpoint, train, train_step1, write_index_png)
-from sgwsss.train.loop import SeededItems
+                          read_checkpoint, train, train_step1)
+from sgwsss.train.loop import SeededItems, poly_schedule
 
 REPO = Path(__file__).resolve().parents[1]
 VOC_ROOT = Path(os.environ.get("SGWSSS_VOC_ROOT", REPO.parent / "shared" / "voc-sample"))
@@ -104,6 +106,30 @@ def test_poly_lr_formula():
         poly_lr(1.0, 101, 100)
 
 
+def test_poly_schedule_gives_poly_lr_rates_to_the_bit_and_polynomial_lr_does_not():
+    """The loop's scheduler (LambdaLR on the closed form) reproduces poly_lr exactly, also when a step
+    resumes at iteration k; torch's PolynomialLR chains ratios and drifts by ~1e-15 (why it is not used:
+    if this half fails, PolynomialLR has become exact and could replace poly_schedule)."""
+    iters, power = 300, 0.9
+
+    def rates(make):
+        opt = torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 1e-3},
+                               {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 1e-2}], lr=1e-3)
+        sched, out = make(opt), []
+        for _ in range(iters - sched.last_epoch):
+            out.append([g["lr"] for g in opt.param_groups])
+            opt.step()
+            sched.step()
+        return out
+
+    want = [[base * poly_lr(1.0, k, iters, power) for base in (1e-3, 1e-2)] for k in range(iters)]
+    assert rates(lambda opt: poly_schedule(opt, iters, power)) == want
+    assert rates(lambda opt: poly_schedule(opt, iters, power, start=120)) == want[120:]
+    poly = rates(lambda opt: torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=iters, power=power))
+    assert poly != want
+    np.testing.assert_allclose(poly, want, rtol=1e-13)  # close, but not the same rates
+
+
 def test_loop_applies_poly_lr_with_10x_new_layers(tmp_path):
     cfg = smoke(step1_iters=3, log_interval=1, checkpoint_interval=100)
     model = tiny_model()
@@ -175,7 +201,7 @@ def test_atomic_save_survives_crash_during_write(tmp_path, monkeypatch):
 
 def test_palette_png_roundtrip(tmp_path):
     mask = np.array([[0, 1, 20], [255, 15, 8]], dtype=np.int64)
-    write_index_png(mask, tmp_path / "a.png")
+    save_mask(tmp_path / "a.png", mask)
     img = Image.open(tmp_path / "a.png")
     assert img.mode == "P"
     np.testing.assert_array_equal(np.array(img), mask)
@@ -187,7 +213,7 @@ def test_palette_png_roundtrip(tmp_path):
 @needs_voc
 def test_palette_matches_real_voc_masks(tmp_path):
     png = sorted((VOC_ROOT / "VOCdevkit/VOC2012/SegmentationClass").glob("*.png"))[0]
-    write_index_png(np.zeros((2, 2), np.uint8), tmp_path / "z.png")
+    save_mask(tmp_path / "z.png", np.zeros((2, 2), np.uint8))
     assert Image.open(png).getpalette()[: 3 * 21] == Image.open(tmp_path / "z.png").getpalette()[: 3 * 21]
 
 
@@ -337,6 +363,20 @@ def test_resume_after_kills_gives_identical_weights(uninterrupted, tmp_path):
 
 
 @needs_voc
+def test_train_writes_the_pipelines_labels(uninterrupted):
+    """What step 2 trains on is what the pipeline of the run's configuration gives (the one recipe)."""
+    from sgwsss.data import VOCSegmentation
+
+    work, _ = uninterrupted
+    model, meta = load_checkpoint(work / "checkpoints" / "round1_step1.pt")
+    pipeline = PseudoLabelPipeline.from_config(meta["config"])
+    assert pipeline.stage == "R"
+    for item in VOCSegmentation(VOC_ROOT, split="train_aug", ids=SMALL_TRAIN_IDS):
+        want = pipeline(model, item["image"][None], item["label"][None])[0]
+        np.testing.assert_array_equal(np.array(Image.open(work / "round1" / "pseudo" / f"{item['id']}.png")), want)
+
+
+@needs_voc
 def test_resume_refuses_another_config(uninterrupted, tmp_path):
     full_work, _ = uninterrupted
     (tmp_path / "checkpoints").mkdir()
@@ -367,15 +407,16 @@ def test_pseudo_labels_resumable_and_predict(uninterrupted, tmp_path):
     ids = SMALL_VAL_IDS
     ds = VOCSegmentation(VOC_ROOT, split="val", ids=ids)
     out = tmp_path / "pl"
-    assert generate_pseudo_labels(model, ds, out, stage="A", cfg=meta["config"], progress=False) == 2
+    stage_a = PseudoLabelPipeline.from_config(meta["config"], stage="A")
+    assert generate_pseudo_labels(model, ds, out, stage_a, progress=False) == 2
     first = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     (out / f"{ids[1]}.png").unlink()
-    assert generate_pseudo_labels(model, ds, out, stage="A", cfg=meta["config"], progress=False) == 1
+    assert generate_pseudo_labels(model, ds, out, stage_a, progress=False) == 1
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.stem != ids[1]} == \
         {k: v for k, v in first.items() if k != f"{ids[1]}.png"}
     # two "ranks" share the ids without overlap
     split = tmp_path / "split"
-    n0 = generate_pseudo_labels(model, ds, split, stage="A", cfg=meta["config"], rank=0, world_size=2, progress=False)
+    n0 = generate_pseudo_labels(model, ds, split, stage_a, rank=0, world_size=2, progress=False)
     assert (n0, sorted(p.stem for p in split.iterdir())) == (1, [ids[0]])
 
     pred = tmp_path / "pred"
@@ -467,3 +508,23 @@ def test_gpu_preset_is_the_cpu_model_on_more_images_and_iterations():
     differ = {k for k in cpu if cpu[k] != gpu[k]}
     assert differ == {"name", "max_images", "step1_iters", "step2_iters", "checkpoint_interval"}
     assert (gpu["max_images"], gpu["step1_iters"], gpu["step2_iters"]) == (2500, 1000, 750)
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "resnet101"])
+def test_crop_padding_is_zero_after_the_backbones_own_normalisation(backbone):
+    """Padded pixels enter the network (and Eq. 1's global average pool): train_transform pads with the
+    backbone's mean, so they are exactly 0 after that backbone's normalisation (EfficientNet-Lite0's
+    (255 x - 127) / 128 is not ImageNet's)."""
+    from sgwsss.model.backbones import build_backbone
+    from sgwsss.train import train_transform
+
+    cfg = get_config("cpu", budget=1.0, backbone=backbone, crop_size=40, scale=(1.0, 1.0))
+    item = {"image": torch.rand(3, 20, 30), "mask": torch.zeros(20, 30, dtype=torch.int64)}
+    torch.manual_seed(0)
+    out = train_transform(cfg)(item)
+    pad = out["mask"] == 255
+    assert int(pad.sum()) == 40 * 40 - 20 * 30
+    net = build_backbone(backbone, pretrained=False, output_stride=16)
+    normalised = net.normalize(out["image"][None])[0]
+    assert normalised[:, pad].abs().max() < 1e-6
+    assert normalised[:, ~pad].abs().max() > 0.1  # the image itself is not zero

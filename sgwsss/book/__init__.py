@@ -229,37 +229,34 @@ def load_model(run: Path, which: str = "step1"):
 class Explorer:
     """One image's expensive intermediate results, computed once, for fast sliders.
 
-    Holds the network outputs (localization maps ``cam``, aggregation features ``feat``), the
-    normalised maps A at image size, the affinity grid and the guided filter's
-    guide statistics; the methods recompute only the cheap step a control changes.
+    A thin view of :class:`~sgwsss.pipeline.PseudoLabelPipeline` (the one recipe that training,
+    the benchmarks and the stage scores use): the network runs once (``net``: localization maps,
+    aggregation features, the affinity cached), and the methods recompute only the cheap step a
+    control changes. ``A`` is the pipeline's stage ``A`` (normalised at the network's
+    resolution, then upsampled).
 
     ``config`` (a :class:`~sgwsss.train.TrainConfig`, e.g. ``meta["config"]`` of
-    :func:`load_model`) supplies what the run's pseudo labels used: the affinity
-    ``grid``, the walk's ``beta``, the guided filter's ``radius`` and ``eps`` and the
-    test-time augmentation of the maps; ``None``: the paper's defaults. Every method
-    argument left as ``None`` takes the configuration's value.
+    :func:`load_model`) supplies what the run's pseudo labels used
+    (:meth:`~sgwsss.pipeline.PseudoLabelPipeline.from_config`): the affinity ``grid``, the
+    walk's ``beta``, the guided filter's ``radius`` and ``eps`` and the test-time augmentation of
+    the maps; ``None``: the paper's defaults. Every method argument left as ``None`` takes the
+    configuration's value.
     """
 
     def __init__(self, model, item, config=None, grid: int | None = None):
-        import torch
-
-        from sgwsss.refine.affinity import affinity_matrix
-        from sgwsss.refine.stages import normalize_maps
+        from sgwsss.pipeline import PseudoLabelPipeline
         from sgwsss.train.config import TrainConfig, as_config
 
         self.config = TrainConfig() if config is None else as_config(config)
+        pipeline = PseudoLabelPipeline.from_config(self.config)
+        self.pipeline = pipeline if grid is None else pipeline.replace(grid=int(grid))
         self.item = item
-        self.grid = self.config.grid if grid is None else int(grid)
-        dev = next(model.parameters()).device
-        self.image = item["image"][None].to(dev)
-        self.labels = item["label"][None].to(dev)
-        with torch.no_grad():
-            out = model.infer(self.image, self.config.infer_scales, self.config.infer_flip)
-            self.cam = out.cam
-            self.feat = out.feat  # the aggregation features F (Eq. 2), kept for sgwsss.book.live
-            self.W = affinity_matrix(out.feat, grid=self.grid)
-        self.A = normalize_maps(torch.nn.functional.interpolate(out.cam, size=self.image.shape[-2:], mode="bilinear",
-                                                                align_corners=False), self.labels)
+        self.grid = self.pipeline.grid
+        self.net = self.pipeline.infer(model, item["image"][None], item["label"][None])
+        self.image, self.labels, self.cam = self.net.image, self.net.labels, self.net.cam
+        self.W = self.pipeline.affinity(self.net)
+        self.feat = self.net.feat  # the aggregation features F (Eq. 2), kept for sgwsss.book.live
+        self.A = self.pipeline.stage_maps(self.net, "A")
 
     @property
     def present(self):
@@ -267,26 +264,13 @@ class Explorer:
 
     def transition(self, beta: float | None = None):
         """T = D^-1 W^beta (Eq. 3; beta default: the configuration's)."""
-        from sgwsss.refine.affinity import transition_matrix
-
-        return transition_matrix(self.W, beta=self.config.beta if beta is None else beta)
+        return self.pipeline.transition(self.net, beta)
 
     def stage(self, name: str, beta: float | None = None, **kw):
         """Maps of a Table 1 stage (B=1): (1,20,H,W). ``kw`` go to the self-guided refinement
         (default ``radius`` and ``eps``: the configuration's)."""
-        import torch
-
-        from sgwsss.refine.stages import refine_stage
-
-        if name.startswith("G"):
-            kw.setdefault("radius", self.config.radius)
-            kw.setdefault("eps", self.config.eps)
-        with torch.no_grad():
-            return refine_stage(name, self.image, self.cam, self.labels, transition=self.transition(beta),
-                                grid=self.grid, **kw)
+        return self.pipeline.stage_maps(self.net, name, beta, **kw)
 
     def pseudo_label(self, name: str, beta: float | None = None, **kw):
         """Pseudo labels (Eq. 11) of a stage: (H,W) int64."""
-        from sgwsss.refine.pseudo_label import pseudo_label
-
-        return pseudo_label(self.stage(name, beta=beta, **kw), self.labels)[0]
+        return self.pipeline.labels(self.net, name, beta, **kw)[0]

@@ -19,9 +19,12 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional
 
-__all__ = ["RESULTS_DIR", "result_path", "save_result", "load_result", "machine", "pct", "markdown_table"]
+from sgwsss.evaluate.tables import markdown_table, pct, per_class_table
+from sgwsss.files import atomic_write_text
+
+__all__ = ["RESULTS_DIR", "result_path", "save_result", "load_result", "machine"]
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -52,14 +55,9 @@ def machine() -> Dict[str, Any]:
 
 def save_result(name: str, data: Mapping[str, Any], results_dir: Optional[os.PathLike] = None) -> Path:
     """Write ``data`` plus ``command``, ``date`` and ``machine`` as JSON, atomically (temp file + rename)."""
-    path = result_path(name, results_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
     record = {"name": name, "command": " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]]),
               "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(), **dict(data)}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(result_path(name, results_dir), json.dumps(record, indent=1, sort_keys=False) + "\n")
 
 
 def load_result(name: str, results_dir: Optional[os.PathLike] = None) -> Optional[Dict[str, Any]]:
@@ -71,23 +69,6 @@ def load_result(name: str, results_dir: Optional[os.PathLike] = None) -> Optiona
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON ({exc}); rerun the benchmark that writes it") from None
-
-
-def pct(value: Optional[float], digits: int = 1) -> str:
-    """A fraction in [0, 1] as a percentage string; ``-`` for None/NaN."""
-    if value is None or value != value:
-        return "-"
-    return f"{100.0 * value:.{digits}f}"
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub-flavoured markdown table (cells converted with ``str``)."""
-    for r in rows:
-        if len(r) != len(header):
-            raise ValueError(f"row {list(r)} has {len(r)} cells, the header has {len(header)}")
-    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- Table 1
@@ -237,8 +218,6 @@ def run_time_table(seconds: Mapping[str, float]) -> str:
 def segmentation_table(segmentation: Mapping[str, Any]) -> str:
     """Per-class table (the paper's Table 2 layout) of ``segmentation.json``: the run's final network
     on its split, without and with CRF."""
-    from sgwsss.evaluate import per_class_table
-
     return per_class_table(segmentation["results"])
 
 

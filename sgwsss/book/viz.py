@@ -160,13 +160,12 @@ def interactive_figure(draw, **controls):
 
 def plot_metrics(metrics_path, *, title: str = "Training losses"):
     """Loss curves from a run's ``metrics.jsonl`` (one panel per step of Algorithm 1)."""
-    from sgwsss.train import read_metrics
+    from sgwsss.train import loss_records
 
     plt = _plt()
     if not Path(metrics_path).exists():
         raise FileNotFoundError(f"no metrics log at {metrics_path}: train with this work_dir first")
-    rows = [dict(r, step=int(r["phase"][-1])) for r in read_metrics(metrics_path)  # phase "step1" / "step2"
-            if "loss" in r and r["phase"] != "pseudo"]
+    rows = loss_records(metrics_path)
     steps = sorted({(r["round"], r["step"]) for r in rows})
     fig, axes = plt.subplots(1, max(len(steps), 1), figsize=(5 * max(len(steps), 1), 3.2), squeeze=False)
     for ax, (rnd, step) in zip(axes.flat, steps):

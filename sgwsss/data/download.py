@@ -52,6 +52,7 @@ from typing import Sequence
 import numpy as np
 
 from sgwsss.data.voc import ENV_VAR, VOCDataError, VOCFormatError, VOCMissingError, save_mask
+from sgwsss.files import atomic_write_text
 
 __all__ = [
     "Archive",
@@ -396,11 +397,7 @@ def build_train_aug_list(voc_dir: pathlib.Path, sbd_dir: pathlib.Path) -> pathli
     ids = set(_read_ids(sbd_dir / "train.txt")) | set(_read_ids(sbd_dir / "val.txt"))
     ids |= set(_read_ids(lists / "train.txt"))
     ids -= set(_read_ids(lists / "val.txt"))
-    path = lists / "train_aug.txt"
-    tmp = lists / ".train_aug.txt.partial"
-    tmp.write_text("".join(f"{i}\n" for i in sorted(ids)))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(lists / "train_aug.txt", "".join(f"{i}\n" for i in sorted(ids)))
 
 
 def prepare_voc(root: str | os.PathLike, progress: bool = True, *, sources: Sequence[str] | None = None,

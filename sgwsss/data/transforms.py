@@ -15,9 +15,9 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-__all__ = ["IMAGENET_MEAN", "TrainTransform", "EvalTransform"]
+from sgwsss.constants import IMAGENET_MEAN
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+__all__ = ["IMAGENET_MEAN", "TrainTransform", "EvalTransform"]
 
 
 def _as_tv(item: dict[str, Any]) -> dict[str, Any]:
@@ -54,8 +54,12 @@ class TrainTransform:
         scale: (min, max) range of the uniform random rescale factor.
         hflip: flip horizontally with probability 0.5.
         ignore_index: mask value of the padded area.
-        fill: image value of the padded area, one float or one per channel (default the
-            ImageNet mean, i.e. 0 after the model's normalisation).
+        fill: image value of the padded area, one float or one per channel. The padded
+            pixels enter the network (and the global average pool of Eq. 1), so they should
+            be 0 after the backbone's normalisation: pass the backbone's mean
+            (``INPUT_NORMALIZATION[backbone][0]`` of :mod:`sgwsss.constants`), as
+            :func:`sgwsss.train.train_transform` does. The default, the ImageNet mean, is
+            right for ImageNet-normalised backbones (ResNet-101) only.
 
     Call on an item dict (``image`` (3, H, W) float, optional ``mask`` (H, W)); returns a new
     dict with ``image`` (3, c, c) and ``mask`` (c, c); other keys pass through unchanged.
@@ -109,7 +113,7 @@ class TrainTransform:
     def __repr__(self) -> str:
         return (
             f"TrainTransform(crop_size={self.crop_size}, scale={self.scale}, hflip={self.hflip}, "
-            f"ignore_index={self.ignore_index})"
+            f"ignore_index={self.ignore_index}, fill={[round(f, 4) for f in self.fill]})"
         )
 
 

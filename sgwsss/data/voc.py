@@ -28,6 +28,8 @@ import torch
 from PIL import Image, ImageFile
 from torch.utils.data import Dataset
 
+from sgwsss.files import atomic_open
+
 __all__ = [
     "CLASSES",
     "NUM_CLASSES",
@@ -196,8 +198,14 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     return arr.astype(np.uint8, copy=False)
 
 
-def save_mask(path: str | os.PathLike, mask: np.ndarray | torch.Tensor) -> None:
-    """Write an (H, W) mask with values in 0..255 as a VOC palette PNG."""
+def save_mask(path: str | os.PathLike, mask: np.ndarray | torch.Tensor) -> pathlib.Path:
+    """Write an (H, W) mask with values in 0..255 as a VOC palette PNG, atomically; returns ``path``.
+
+    The one palette-PNG writer of the package (ground truth built from SBD, pseudo labels,
+    predictions). The PNG is written to a temp file and renamed
+    (:func:`sgwsss.files.atomic_open`), so a killed run never leaves a partial PNG that a
+    resumed run would skip. Read back with :func:`read_mask`.
+    """
     if isinstance(mask, torch.Tensor):
         mask = mask.detach().cpu().numpy()
     mask = np.asarray(mask)
@@ -205,10 +213,11 @@ def save_mask(path: str | os.PathLike, mask: np.ndarray | torch.Tensor) -> None:
         raise ValueError(f"save_mask: mask must be (H, W), got shape {mask.shape}")
     if mask.size and (mask.min() < 0 or mask.max() > 255):
         raise ValueError(f"save_mask: mask values must lie in 0..255, got {mask.min()}..{mask.max()}")
-    im = Image.fromarray(mask.astype(np.uint8), mode="P")
-    im.putpalette(PALETTE.reshape(-1).tolist())
-    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-    im.save(path)
+    im = Image.fromarray(np.ascontiguousarray(mask.astype(np.uint8)))  # mode "L"
+    im.putpalette(PALETTE.reshape(-1).tolist())  # -> mode "P": indices + the VOC colours
+    with atomic_open(path, "wb") as fh:
+        im.save(fh, format="PNG")
+    return pathlib.Path(path)
 
 
 def _classes_in_mask(path: pathlib.Path) -> np.ndarray:
@@ -417,6 +426,22 @@ def _compute_labels(sources: list[pathlib.Path]) -> np.ndarray:
     return np.stack(rows).astype(np.float32)
 
 
+def _select_ids(split_ids: list[str], ids: Sequence[str] | None, split: str) -> list[str]:
+    """``ids`` (order kept) after checking that each is in the split; all of ``split_ids`` when None."""
+    if ids is None:
+        return list(split_ids)
+    if isinstance(ids, str):
+        raise TypeError("ids must be a sequence of id strings, not a single string")
+    ids = [str(i) for i in ids]
+    known = set(split_ids)
+    unknown = [i for i in ids if i not in known]
+    if unknown:
+        raise ValueError(
+            f"ids: {len(unknown)} id(s) not in split {split!r}: {unknown[:5]}{' ...' if len(unknown) > 5 else ''}"
+        )
+    return ids
+
+
 # --------------------------------------------------------------------------- dataset
 class VOCSegmentation(Dataset):
     """PASCAL VOC 2012 segmentation split with image-level labels.
@@ -470,48 +495,45 @@ class VOCSegmentation(Dataset):
         self.mask_dir = pathlib.Path(mask_dir) if mask_dir is not None else None
 
         split_ids = read_split(self.root, split)
-        if ids is None:
-            self.ids = list(split_ids)
-        else:
-            if isinstance(ids, str):
-                raise TypeError("ids must be a sequence of id strings, not a single string")
-            ids = [str(i) for i in ids]
-            known = set(split_ids)
-            unknown = [i for i in ids if i not in known]
-            if unknown:
-                raise ValueError(
-                    f"ids: {len(unknown)} id(s) not in split {split!r}: {unknown[:5]}"
-                    f"{' ...' if len(unknown) > 5 else ''}"
-                )
-            self.ids = ids
+        self.ids = _select_ids(split_ids, ids, split)
+        self._check_images()
+        self._gt_masks, sources = self._label_sources()
+        self._check_masks()
+        self.labels = self._label_table(split_ids, sources, full=ids is None)
 
-        # images: checked at construction
+    def _check_images(self) -> None:
+        """Every id has its ``JPEGImages/<id>.jpg`` (checked once, at construction)."""
         jpgs = _listdir(self.root / "JPEGImages")
         missing = [i for i in self.ids if f"{i}.jpg" not in jpgs]
         if missing:
             raise VOCMissingError(
-                f"split {split!r}: {len(missing)} listed id(s) have no image, e.g. "
+                f"split {self.split!r}: {len(missing)} listed id(s) have no image, e.g. "
                 f"{self.root / 'JPEGImages' / (missing[0] + '.jpg')}"
             )
 
-        # ground-truth label sources
+    def _label_sources(self) -> tuple[list[pathlib.Path | None], list[pathlib.Path]]:
+        """``(ground-truth mask or None per id, label source per id)``: the mask, else the annotation XML."""
         listings = {d: _listdir(self.root / d) for d in _LABEL_SOURCES}
-        self._gt_masks: list[pathlib.Path | None] = []
+        masks: list[pathlib.Path | None] = []
         sources: list[pathlib.Path] = []
         for i in self.ids:
             mask = next((self.root / d / f"{i}.png" for d in _MASK_DIRS if f"{i}.png" in listings[d]), None)
-            self._gt_masks.append(mask)
+            masks.append(mask)
             if mask is not None:
                 sources.append(mask)
             elif f"{i}.xml" in listings["Annotations"]:
                 sources.append(self.root / "Annotations" / f"{i}.xml")
             else:
                 raise VOCMissingError(
-                    f"id {i!r} (split {split!r}) has no label source: none of "
+                    f"id {i!r} (split {self.split!r}) has no label source: none of "
                     + ", ".join(str(self.root / d / f"{i}{'.xml' if d == 'Annotations' else '.png'}")
                                 for d in _LABEL_SOURCES)
                     + " exists"
                 )
+        return masks, sources
+
+    def _check_masks(self) -> None:
+        """The masks the items will carry exist: ground truth (``with_mask``) or ``mask_dir/<id>.png``."""
         if self.with_mask and self.mask_dir is None:
             no_mask = [i for i, m in zip(self.ids, self._gt_masks) if m is None]
             if no_mask:
@@ -528,8 +550,6 @@ class VOCSegmentation(Dataset):
                 raise VOCMissingError(
                     f"mask_dir: {len(no_mask)} id(s) have no mask, e.g. {self.mask_dir / (no_mask[0] + '.png')}"
                 )
-
-        self.labels = self._label_table(split_ids, sources, full=ids is None)
 
     # ------------------------------------------------------------------ labels
     def _label_table(self, split_ids: list[str], sources: list[pathlib.Path], full: bool) -> np.ndarray:
@@ -553,10 +573,8 @@ class VOCSegmentation(Dataset):
         if full:
             _LABEL_CACHE[key] = (list(self.ids), labels)
             try:
-                disk.parent.mkdir(parents=True, exist_ok=True)
-                tmp = disk.with_name(f".{disk.name}.{os.getpid()}.tmp.npz")
-                np.savez(tmp, ids=np.array(self.ids), labels=labels)
-                os.replace(tmp, disk)
+                with atomic_open(disk, "wb") as fh:
+                    np.savez(fh, ids=np.array(self.ids), labels=labels)
             except OSError as e:
                 warnings.warn(f"could not write the label cache {disk}: {e}", stacklevel=3)
         return labels.copy()

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from sgwsss.data.voc import CLASSES
+from sgwsss.data.voc import CLASSES, IGNORE_INDEX, NUM_CLASSES
 
 __all__ = [
     "VOC_CLASSES",
@@ -26,7 +26,7 @@ __all__ = [
     "iou_per_class",
     "mean_iou",
     "ConfusionMeter",
-    "per_class_table",
+    "Evaluator",
     "evaluate_folder",
 ]
 
@@ -42,7 +42,8 @@ def _to_numpy(x, name: str) -> np.ndarray:
     raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
 
 
-def confusion_matrix(pred, gt, num_classes: int = 21, ignore_index: Optional[int] = 255) -> np.ndarray:
+def confusion_matrix(pred, gt, num_classes: int = NUM_CLASSES,
+                     ignore_index: Optional[int] = IGNORE_INDEX) -> np.ndarray:
     """Pixel confusion matrix of one prediction (or a batch).
 
     Args:
@@ -122,7 +123,7 @@ class ConfusionMeter:
     0.5
     """
 
-    def __init__(self, num_classes: int = 21, ignore_index: Optional[int] = 255):
+    def __init__(self, num_classes: int = NUM_CLASSES, ignore_index: Optional[int] = IGNORE_INDEX):
         if int(num_classes) != num_classes or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
         self.num_classes = int(num_classes)
@@ -160,81 +161,118 @@ def _class_names(class_names: Optional[Sequence[str]], num_classes: int) -> list
     return names
 
 
-def _fmt_pct(x) -> str:
-    if x is None:
-        return "-"
-    x = float(x)
-    return "-" if math.isnan(x) else f"{100.0 * x:.1f}"
+class Evaluator:
+    """mIoU of predictions for any ids of a VOC split, against the ground truth of the data layer.
 
+    The one evaluator of the package: the ground-truth masks, their folders and the split's
+    ids come from ``dataset``, a :class:`~sgwsss.data.VOCSegmentation` (its ``ids`` may be any
+    subset of the split); predictions arrive one at a time (:meth:`add`, e.g. while a network
+    runs), as an in-memory mapping (:meth:`score`) or as a folder of ``<id>.png`` index masks
+    (:meth:`score_folder`). :meth:`result` is the VOC metric over the ids added so far.
 
-def per_class_table(results: Mapping[str, Mapping], class_names: Optional[Sequence[str]] = None) -> str:
-    """Markdown table of per-class IoU and mIoU, one row per method (as Table 2
-    of Ke & Hsu).
-
-    Args:
-        results: ``{method: {"iou": {class_name: iou}, "miou": miou}}`` (e.g.
-            :meth:`ConfusionMeter.as_dict` or :func:`evaluate_folder` outputs);
-            ``"iou"`` may also be a sequence in class order. IoUs are fractions
-            in ``[0, 1]``; they are printed as percentages with one decimal,
-            ``-`` for ``None`` / NaN / missing.
-        class_names: column order; defaults to :data:`VOC_CLASSES`.
-
-    Returns:
-        The table as a string (header, separator, one row per method).
+    >>> ev = Evaluator.of_split(root, "val", ids=some_ids)  # doctest: +SKIP
+    >>> ev.score_folder("pred/")["miou"]  # doctest: +SKIP
     """
-    names = list(VOC_CLASSES) if class_names is None else list(class_names)
-    lines = ["| Method | " + " | ".join(names) + " | mIoU |",
-             "|---|" + "---:|" * (len(names) + 1)]
-    for method, res in results.items():
-        if not isinstance(res, Mapping) or "iou" not in res:
-            raise ValueError(f"results[{method!r}] must be a dict with an 'iou' entry")
-        iou = res["iou"]
-        if isinstance(iou, Mapping):
-            vals = [iou.get(n) for n in names]
-        else:
-            vals = list(_to_numpy(iou, "iou") if not isinstance(iou, (list, tuple)) else iou)
-            if len(vals) != len(names):
-                raise ValueError(f"results[{method!r}]['iou'] has {len(vals)} values for {len(names)} classes")
-        cells = [_fmt_pct(v) for v in vals] + [_fmt_pct(res.get("miou"))]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+
+    def __init__(self, dataset, class_names: Optional[Sequence[str]] = None, num_classes: int = NUM_CLASSES,
+                 ignore_index: Optional[int] = IGNORE_INDEX):
+        if getattr(dataset, "mask_dir", None) is not None:
+            raise ValueError(f"dataset reads its masks from mask_dir={dataset.mask_dir}: the evaluator needs "
+                             "the ground truth (build it without mask_dir)")
+        if not hasattr(dataset, "mask_path") or not hasattr(dataset, "ids"):
+            raise TypeError(f"dataset must be a VOCSegmentation, got {type(dataset).__name__}")
+        self.dataset = dataset
+        self.split = dataset.split
+        self.names = _class_names(class_names, num_classes)
+        self.meter = ConfusionMeter(num_classes, ignore_index)
+        self.scored: list = []
+        self._index = {image_id: k for k, image_id in enumerate(dataset.ids)}
+
+    @classmethod
+    def of_split(cls, root=None, split: str = "val", ids: Optional[Sequence[str]] = None, **kw) -> "Evaluator":
+        """The evaluator of ``ids`` (default: all) of ``split`` of the VOC copy at ``root``
+        (:func:`sgwsss.data.resolve_root`); every id must have a ground-truth mask."""
+        from sgwsss.data import VOCSegmentation
+
+        return cls(VOCSegmentation(root, split=split, ids=ids, with_mask=True), **kw)
+
+    def ground_truth(self, image_id: str) -> np.ndarray:
+        """The (H, W) ground-truth index mask of ``image_id`` (read through the data layer)."""
+        from sgwsss.data import read_mask
+
+        if image_id not in self._index:
+            raise KeyError(f"id {image_id!r} is not among the {len(self._index)} ids evaluated on split "
+                           f"{self.split!r}")
+        path = self.dataset.mask_path(self._index[image_id])
+        if path is None:
+            raise FileNotFoundError(f"no ground truth for id {image_id!r} in split {self.split!r}")
+        return read_mask(path)
+
+    def add(self, image_id: str, pred, gt=None) -> None:
+        """Score one (H, W) prediction (numpy or torch); ``gt``: its ground truth when the caller
+        holds it already (an item's ``mask``), else read by :meth:`ground_truth`."""
+        gt = self.ground_truth(image_id) if gt is None else _to_numpy(gt, "gt")
+        pred = _to_numpy(pred, "pred")
+        if pred.shape != gt.shape:
+            raise ValueError(f"id {image_id!r}: prediction size {pred.shape} != ground truth size {gt.shape}")
+        try:
+            self.meter.update(pred, gt)
+        except ValueError as exc:
+            raise ValueError(f"id {image_id!r}: {exc}") from exc
+        self.scored.append(image_id)
+
+    def result(self) -> dict:
+        """``{"miou", "iou": {name: iou}, "num_images", "split", "confusion"}`` over the ids added,
+        JSON-safe (``None`` for undefined IoU, the confusion matrix as nested lists)."""
+        out = self.meter.as_dict(self.names)
+        out.update(num_images=len(self.scored), split=self.split, confusion=self.meter.conf.tolist())
+        return out
+
+    def score(self, predictions: Mapping[str, Any]) -> dict:
+        """:meth:`add` every ``{id: (H, W) mask}`` of ``predictions``, then :meth:`result`."""
+        for image_id, pred in predictions.items():
+            self.add(image_id, pred)
+        return self.result()
+
+    def score_folder(self, pred_dir: Union[str, Path], progress: bool = True) -> dict:
+        """Score ``<pred_dir>/<id>.png`` (palette or grey index PNGs) for every id, then :meth:`result`.
+
+        Raises ``FileNotFoundError`` (the count and the first missing ids named) when predictions
+        are missing, ``ValueError`` (the id named) on a size mismatch or bad values.
+        """
+        from tqdm.auto import tqdm
+
+        from sgwsss.data import read_mask
+
+        pred_dir = Path(pred_dir)
+        if not pred_dir.is_dir():
+            raise FileNotFoundError(f"prediction folder not found: {pred_dir}")
+        ids = list(self._index)
+        missing = [i for i in ids if not (pred_dir / f"{i}.png").is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{len(missing)} of {len(ids)} predictions of split {self.split!r} missing in {pred_dir}, "
+                f"e.g. {', '.join(missing[:5])}")
+        for image_id in tqdm(ids, desc=f"eval {self.split}", disable=not progress):
+            self.add(image_id, read_mask(pred_dir / f"{image_id}.png"))
+        return self.result()
 
 
-def _voc2012_dir(voc_root: Union[str, Path]) -> Path:
-    root = Path(voc_root).expanduser()
-    for cand in (root / "VOCdevkit" / "VOC2012", root):
-        if (cand / "ImageSets" / "Segmentation").is_dir():
-            return cand
-    raise FileNotFoundError(f"no VOCdevkit/VOC2012/ImageSets/Segmentation under {root}; "
-                            f"voc_root must be the folder holding VOCdevkit/")
+def evaluate_folder(voc_root, split: str, pred_dir: Union[str, Path], ids: Optional[Sequence[str]] = None,
+                    class_names: Optional[Sequence[str]] = None, num_classes: int = NUM_CLASSES,
+                    ignore_index: int = IGNORE_INDEX, progress: bool = True) -> dict:
+    """Evaluate a folder of predicted index masks against VOC ground truth (``sgwsss evaluate``).
 
-
-def _read_index_png(path: Path, what: str, image_id: str) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        a = np.array(im)
-    if a.ndim != 2:
-        raise ValueError(f"{what} for id {image_id!r} ({path}) is not a single-channel index mask "
-                         f"(mode gives shape {a.shape}); save palette ('P') or 'L' PNGs")
-    return a
-
-
-def evaluate_folder(voc_root: Union[str, Path], split: str, pred_dir: Union[str, Path],
-                    class_names: Optional[Sequence[str]] = None, num_classes: int = 21,
-                    ignore_index: int = 255, progress: bool = True) -> dict:
-    """Evaluate a folder of predicted index masks against VOC ground truth.
-
-    Reads ``<pred_dir>/<id>.png`` (palette or grey PNG of class indices) for
-    every id of ``VOCdevkit/VOC2012/ImageSets/Segmentation/<split>.txt`` and
-    the ground truth ``SegmentationClassAug/<id>.png`` (falling back to
-    ``SegmentationClass/<id>.png``).
+    Reads ``<pred_dir>/<id>.png`` (palette or grey PNG of class indices) for every id of
+    ``split`` (or of its subset ``ids``) and the ground truth through the data layer
+    (``SegmentationClassAug/<id>.png``, else ``SegmentationClass/<id>.png``): :class:`Evaluator`.
 
     Args:
-        voc_root: folder holding ``VOCdevkit/`` (the ``VOC2012`` folder itself
-            is accepted too).
+        voc_root: folder holding ``VOCdevkit/`` (the ``VOC2012`` folder itself is accepted too;
+            ``None``: ``$SGWSSS_VOC_ROOT``, see :func:`sgwsss.data.resolve_root`).
         split: split name, e.g. ``"val"``.
         pred_dir: folder of predictions.
+        ids: score only these ids of the split (order kept); default: all.
         class_names: names for the result dict (default :data:`VOC_CLASSES`).
         num_classes, ignore_index: see :func:`confusion_matrix`.
         progress: show a tqdm progress bar.
@@ -244,46 +282,11 @@ def evaluate_folder(voc_root: Union[str, Path], split: str, pred_dir: Union[str,
         JSON-safe (``None`` for undefined IoU, confusion as nested lists).
 
     Raises:
-        FileNotFoundError: split file, predictions (count and first ids
+        FileNotFoundError: VOC root, split file, predictions (count and first ids
             listed) or ground-truth masks missing.
         ValueError: prediction and ground truth sizes differ (id named), bad
             label values.
     """
-    from tqdm.auto import tqdm
-
-    voc = _voc2012_dir(voc_root)
-    split_file = voc / "ImageSets" / "Segmentation" / f"{split}.txt"
-    if not split_file.is_file():
-        raise FileNotFoundError(f"split file not found: {split_file}")
-    ids = [ln.strip().split()[0] for ln in split_file.read_text().splitlines() if ln.strip()]
-    pred_dir = Path(pred_dir)
-    if not pred_dir.is_dir():
-        raise FileNotFoundError(f"prediction folder not found: {pred_dir}")
-    missing = [i for i in ids if not (pred_dir / f"{i}.png").is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{len(missing)} of {len(ids)} predictions of split {split!r} missing in {pred_dir}, "
-            f"e.g. {', '.join(missing[:5])}")
-    names = _class_names(class_names, num_classes)
-
-    meter = ConfusionMeter(num_classes, ignore_index)
-    for image_id in tqdm(ids, desc=f"eval {split}", disable=not progress):
-        for sub in ("SegmentationClassAug", "SegmentationClass"):
-            gt_path = voc / sub / f"{image_id}.png"
-            if gt_path.is_file():
-                break
-        else:
-            raise FileNotFoundError(f"no ground truth for id {image_id!r} in "
-                                    f"{voc / 'SegmentationClassAug'} or {voc / 'SegmentationClass'}")
-        gt = _read_index_png(gt_path, "ground truth", image_id)
-        pred = _read_index_png(pred_dir / f"{image_id}.png", "prediction", image_id)
-        if pred.shape != gt.shape:
-            raise ValueError(f"id {image_id!r}: prediction size {pred.shape} != ground truth size {gt.shape}")
-        try:
-            meter.update(pred, gt)
-        except ValueError as exc:
-            raise ValueError(f"id {image_id!r}: {exc}") from exc
-
-    out = meter.as_dict(names)
-    out.update(num_images=len(ids), split=split, confusion=meter.conf.tolist())
-    return out
+    ev = Evaluator.of_split(voc_root, split, ids, class_names=class_names, num_classes=num_classes,
+                            ignore_index=ignore_index)
+    return ev.score_folder(pred_dir, progress=progress)

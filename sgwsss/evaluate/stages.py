@@ -1,22 +1,23 @@
 """Pseudo-label quality of each Table 1 stage, and the refinement on degraded ground truth.
 
-:func:`stage_miou` runs the step-1 network once per image and scores the pseudo
-labels (Eq. 11) of every requested stage against the ground truth, with and
-without dense CRF; :func:`config_kwargs` takes its settings from a run's
-configuration. (The paper's Table 1 itself scores segmentation networks trained on
-each stage's labels, on val: ``benchmarks/table1.py``; its numbers are in
-:mod:`sgwsss.paper`.) :func:`oracle_refinement` applies the self-guided refinement to
-degraded ground-truth masks, to see when iterating it pays.
+:func:`stage_miou` runs the step-1 network once per image through a
+:class:`~sgwsss.pipeline.PseudoLabelPipeline` (a run's: ``PseudoLabelPipeline.from_config(cfg)``)
+and scores the pseudo labels (Eq. 11) of every requested stage against the ground truth,
+with and without dense CRF (:class:`~sgwsss.evaluate.Evaluator`). (The paper's Table 1 itself
+scores segmentation networks trained on each stage's labels, on val: ``benchmarks/table1.py``;
+its numbers are in :mod:`sgwsss.paper`.) :func:`oracle_refinement` applies the self-guided
+refinement to degraded ground-truth masks, to see when iterating it pays.
 """
 from __future__ import annotations
 
 import time
-from typing import Dict, Iterable, Sequence
+from typing import Dict, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
 
-from sgwsss.constants import STAGES
+from sgwsss.constants import AFFINITY_STAGES, STAGES
+from sgwsss.evaluate.metrics import Evaluator
 
 
 def subset_indices(n_total: int, n: int | None) -> np.ndarray:
@@ -26,70 +27,50 @@ def subset_indices(n_total: int, n: int | None) -> np.ndarray:
     return np.unique(np.linspace(0, n_total - 1, n).round().astype(int))
 
 
-def config_kwargs(cfg) -> dict:
-    """The keyword arguments of :func:`stage_miou` that a run's configuration fixes: the affinity
-    ``grid``, the walk's ``beta``, the guided filter's ``radius`` / ``eps`` and the maps'
-    test-time augmentation (``scales``, ``flip``), so scores use what its pseudo labels used."""
-    from sgwsss.train.config import as_config
+def stage_miou(model, dataset, stages: Sequence[str] = STAGES, pipeline=None, *, crf: bool = False,
+               indices: Iterable[int] | None = None, progress: bool = True) -> Dict[str, dict]:
+    """Pseudo-label mIoU of each stage on ``dataset`` (a :class:`~sgwsss.data.VOCSegmentation` with
+    ``with_mask=True``).
 
-    cfg = as_config(cfg)
-    return {"grid": cfg.grid, "beta": cfg.beta, "stage_kwargs": {"radius": cfg.radius, "eps": cfg.eps},
-            "scales": cfg.infer_scales, "flip": cfg.infer_flip}
-
-
-def stage_miou(model, dataset, stages: Sequence[str] = STAGES, *, grid: int = 50, beta: float = 1.0,
-               crf: bool = False, indices: Iterable[int] | None = None, progress: bool = True,
-               stage_kwargs: dict | None = None, scales: Sequence[float] = (1.0,),
-               flip: bool = False) -> Dict[str, dict]:
-    """Pseudo-label mIoU of each stage on ``dataset`` (items need ``mask``: use ``with_mask=True``).
-
-    The localization maps are averaged over ``scales`` and, with ``flip``, mirrored
-    inputs (:meth:`~sgwsss.model.SGNet.infer`), as in pseudo-label generation. Returns ``{stage: {"miou", "iou", "seconds_per_image"}}`` and, with ``crf=True``,
-    also ``{stage + "+CRF": ...}``. The network runs once per image; the stages
-    share its outputs.
+    ``pipeline``: a :class:`~sgwsss.pipeline.PseudoLabelPipeline` for everything but the stage
+    (affinity grid and beta, guided filter, test-time augmentation, CRF settings), e.g. a run's
+    ``PseudoLabelPipeline.from_config(cfg)``; ``None``: the paper's defaults. Returns ``{stage:
+    {"miou", "iou", "num_images", "split", "confusion", "seconds_per_image"}}`` and, with
+    ``crf=True``, also ``{stage + "+CRF": ...}`` (the pipeline's CRF recipe,
+    :meth:`~sgwsss.pipeline.PseudoLabelPipeline.crf_refine`). The network runs once per image;
+    the stages share its outputs (and the transition matrix, computed outside the timing).
     """
     from tqdm.auto import tqdm
 
-    from sgwsss.crf import crf_labels, labels_to_probs
-    from sgwsss.data import CLASSES
-    from sgwsss.evaluate.metrics import ConfusionMeter
-    from sgwsss.refine.affinity import affinity_matrix, transition_matrix
-    from sgwsss.refine.stages import stage_pseudo_labels
+    from sgwsss.pipeline import PseudoLabelPipeline
+    from sgwsss.refine.stages import check_stage
 
+    pipeline = PseudoLabelPipeline() if pipeline is None else pipeline
     for s in stages:
-        if s not in STAGES:
-            raise ValueError(f"unknown stage {s!r}; valid stages: {', '.join(STAGES)}")
+        check_stage(s)
     indices = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
     names = list(stages) + ([s + "+CRF" for s in stages] if crf else [])
-    meters = {s: ConfusionMeter() for s in names}
+    scores = {s: Evaluator(dataset) for s in names}
     seconds = {s: 0.0 for s in names}
-    dev = next(model.parameters()).device
-    model.eval()
     for i in tqdm(indices, desc="Table 1 stages", disable=not progress):
         item = dataset[i]
         if "mask" not in item:
             raise ValueError("stage_miou needs ground-truth masks: build the dataset with with_mask=True")
-        x = item["image"][None].to(dev)
-        lab = item["label"][None].to(dev)
-        gt = item["mask"].numpy()
-        with torch.no_grad():
-            out = model.infer(x, tuple(scales), flip)
-            T = transition_matrix(affinity_matrix(out.feat, grid=grid), beta=beta)
-            for s in stages:
+        net = pipeline.infer(model, item["image"][None], item["label"][None])
+        if any(s in AFFINITY_STAGES for s in stages):
+            pipeline.transition(net)
+        for s in stages:
+            t0 = time.perf_counter()
+            pl = pipeline.labels(net, s)[0].cpu().numpy()
+            seconds[s] += time.perf_counter() - t0
+            scores[s].add(item["id"], pl, item["mask"])
+            if crf:
                 t0 = time.perf_counter()
-                pl = stage_pseudo_labels(s, x, out.cam, lab, transition=T, grid=grid, **(stage_kwargs or {}))[0]
-                seconds[s] += time.perf_counter() - t0
-                pl = pl.cpu().numpy()
-                meters[s].update(pl, gt)
-                if crf:
-                    t0 = time.perf_counter()
-                    allowed = [0] + [c + 1 for c in np.flatnonzero(item["label"].numpy() > 0.5)]
-                    probs = labels_to_probs(pl, len(CLASSES), classes=allowed)
-                    refined = crf_labels(item["image"].numpy(), probs)
-                    seconds[s + "+CRF"] += time.perf_counter() - t0
-                    meters[s + "+CRF"].update(refined, gt)
+                refined = pipeline.crf_refine(net.image[0], pl, net.labels[0])
+                seconds[s + "+CRF"] += time.perf_counter() - t0
+                scores[s + "+CRF"].add(item["id"], refined, item["mask"])
     n = max(len(indices), 1)
-    return {s: {**meters[s].as_dict(CLASSES), "seconds_per_image": seconds[s] / n} for s in names}
+    return {s: {**scores[s].result(), "seconds_per_image": seconds[s] / n} for s in names}
 
 
 def oracle_refinement(dataset, indices: Iterable[int] | None = None, *, stride: int = 16, grow: int = 0,
@@ -107,8 +88,6 @@ def oracle_refinement(dataset, indices: Iterable[int] | None = None, *, stride: 
     import torch.nn.functional as F
     from tqdm.auto import tqdm
 
-    from sgwsss.data import CLASSES
-    from sgwsss.evaluate.metrics import ConfusionMeter
     from sgwsss.refine.pseudo_label import pseudo_label
     from sgwsss.refine.self_guided import self_guided_refine
 
@@ -116,7 +95,7 @@ def oracle_refinement(dataset, indices: Iterable[int] | None = None, *, stride: 
         raise ValueError(f"stride must be a positive integer, got {stride!r}")
     indices = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
     names = ["maps"] + [f"G x{k}" for k in iterations]
-    meters = {n: ConfusionMeter() for n in names}
+    scores = {n: Evaluator(dataset) for n in names}
     for i in tqdm(indices, desc="degraded masks", disable=not progress):
         item = dataset[i]
         if "mask" not in item:
@@ -133,8 +112,8 @@ def oracle_refinement(dataset, indices: Iterable[int] | None = None, *, stride: 
         maps = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
         maps = maps * (labels != 0)[:, :, None, None]
         image = item["image"][None]
-        meters["maps"].update(pseudo_label(maps, labels)[0].numpy(), gt.numpy())
+        scores["maps"].add(item["id"], pseudo_label(maps, labels)[0], gt)
         for k in iterations:
             refined = self_guided_refine(image, maps, iterations=int(k), radius=radius, eps=eps, labels=labels)
-            meters[f"G x{k}"].update(pseudo_label(refined, labels)[0].numpy(), gt.numpy())
-    return {n: m.as_dict(CLASSES)["miou"] for n, m in meters.items()}
+            scores[f"G x{k}"].add(item["id"], pseudo_label(refined, labels)[0], gt)
+    return {n: ev.result()["miou"] for n, ev in scores.items()}

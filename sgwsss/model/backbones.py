@@ -28,6 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# each backbone's (mean, std): one table (sgwsss.constants), also read by the crop padding
+from sgwsss.constants import (EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD, IMAGENET_MEAN, IMAGENET_STD,
+                              INPUT_NORMALIZATION)
+
 __all__ = [
     "Backbone",
     "ResNet101Backbone",
@@ -42,12 +46,6 @@ __all__ = [
     "EFFICIENTNET_LITE_MEAN",
     "EFFICIENTNET_LITE_STD",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# (255 x - 127) / 128  ==  (x - 127/255) / (128/255)
-EFFICIENTNET_LITE_MEAN = (127.0 / 255.0,) * 3
-EFFICIENTNET_LITE_STD = (128.0 / 255.0,) * 3
 
 BACKBONES = ("resnet101", "efficientnet_lite0")
 
@@ -107,12 +105,10 @@ class ResNet101Backbone(Backbone):
         output_stride: 8 (layers 3-4 dilated 2 and 4) or 16 (layer 4 dilated 2).
     """
 
-    name = "resnet101"
-    low_channels = 256
-    out_channels = 2048
+    name, low_channels, out_channels = "resnet101", 256, 2048
 
     def __init__(self, pretrained: bool = True, output_stride: int = 8) -> None:
-        super().__init__(IMAGENET_MEAN, IMAGENET_STD)
+        super().__init__(*INPUT_NORMALIZATION[self.name])
         from torchvision.models import ResNet101_Weights, resnet101
 
         self.output_stride = _check_output_stride(output_stride, (8, 16, 32))
@@ -316,12 +312,10 @@ class EfficientNetLite0Backbone(Backbone):
         output_stride: 8 or 16 (see :class:`EfficientNetLite0`).
     """
 
-    name = "efficientnet_lite0"
-    low_channels = 24
-    out_channels = 1280
+    name, low_channels, out_channels = "efficientnet_lite0", 24, 1280
 
     def __init__(self, pretrained: bool = True, output_stride: int = 8) -> None:
-        super().__init__(EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD)
+        super().__init__(*INPUT_NORMALIZATION[self.name])
         self.output_stride = _check_output_stride(output_stride, (8, 16, 32))
         body = EfficientNetLite0(1000, self.output_stride)
         if pretrained:

@@ -15,13 +15,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sgwsss.constants import STAGES
+from sgwsss.constants import AFFINITY_STAGES, STAGES
 from sgwsss.refine.affinity import resize_to_grid
 from sgwsss.refine.pseudo_label import pseudo_label
 from sgwsss.refine.random_walk import random_walk
 from sgwsss.refine.self_guided import self_guided_refine
 
-__all__ = ["STAGES", "normalize_maps", "refine_stage", "stage_pseudo_labels"]
+__all__ = ["STAGES", "check_stage", "normalize_maps", "base_maps", "refine_maps", "refine_stage",
+           "stage_pseudo_labels"]
 
 
 _ITERATIONS = {"G-w/o-aff": 1, "G": 1, "G-iter15-w/o-aff": 15, "G-iter15": 15}
@@ -63,15 +64,54 @@ def _check_inputs(image, cam, labels):
         raise ValueError(f"labels must have shape {tuple(cam.shape[:2])}, got {tuple(labels.shape)}")
 
 
-def refine_stage(
-    stage: str,
-    image: torch.Tensor,
-    cam: torch.Tensor,
-    labels: torch.Tensor,
-    transition: torch.Tensor | None = None,
-    grid: int = 50,
-    **kw,
-) -> torch.Tensor:
+def check_stage(stage: str) -> None:
+    """Raise a ``ValueError`` naming the valid stages unless ``stage`` is one of :data:`STAGES`."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; valid stages: {', '.join(STAGES)}")
+
+
+def base_maps(stage: str, image: torch.Tensor, cam: torch.Tensor, labels: torch.Tensor,
+              transition: torch.Tensor | None = None, grid: int = 50) -> torch.Tensor:
+    """The maps a stage starts from, at the image size: ``A`` or ``R`` (B, C, H, W).
+
+    ``A`` (stages ``A``, ``G-w/o-aff``, ``G-iter15-w/o-aff``): :func:`normalize_maps` of
+    ``cam`` at the network's resolution, then bilinear upsampling to the image. ``R``
+    (stages ``R``, ``G``, ``G-iter15``): the same normalised maps resampled to the
+    ``grid x grid`` grid, one random-walk step ``T A`` (Eq. 5), then bilinear upsampling.
+    Arguments as in :func:`refine_stage`.
+    """
+    check_stage(stage)
+    _check_inputs(image, cam, labels)
+    size = tuple(image.shape[-2:])
+    a = normalize_maps(cam, labels)
+    if stage not in AFFINITY_STAGES:
+        return F.interpolate(a, size=size, mode="bilinear", align_corners=False)
+    n = int(grid) ** 2
+    if transition is None:
+        raise ValueError(
+            f"stage {stage!r} needs the affinity transition matrix: pass transition of shape "
+            f"({cam.shape[0]}, {n}, {n}) (N = grid * grid = {grid}**2)"
+        )
+    if not isinstance(transition, torch.Tensor) or transition.shape != (cam.shape[0], n, n):
+        got = tuple(transition.shape) if isinstance(transition, torch.Tensor) else type(transition).__name__
+        raise ValueError(f"transition must have shape ({cam.shape[0]}, {n}, {n}) for grid={grid}, got {got}")
+    r = random_walk(transition, resize_to_grid(a, grid))
+    return F.interpolate(r.to(a.dtype), size=size, mode="bilinear", align_corners=False)
+
+
+def refine_maps(stage: str, image: torch.Tensor, maps: torch.Tensor, labels: torch.Tensor, **kw) -> torch.Tensor:
+    """The stage's refinement of its :func:`base_maps`: none for ``A`` and ``R``; the self-guided
+    refinement (:func:`self_guided_refine`, 1 or 15 iterations) for the ``G`` stages. (B, C, H, W)."""
+    check_stage(stage)
+    if "iterations" in kw:
+        raise TypeError("the stage name sets the number of iterations; do not pass iterations")
+    if stage in ("A", "R"):
+        return maps
+    return self_guided_refine(image, maps, iterations=_ITERATIONS[stage], labels=labels, **kw)
+
+
+def refine_stage(stage: str, image: torch.Tensor, cam: torch.Tensor, labels: torch.Tensor,
+                 transition: torch.Tensor | None = None, grid: int = 50, **kw) -> torch.Tensor:
     """Class maps of one Table 1 stage at the image size: (B, C, H, W).
 
     ``image``: (B, 3, H, W) in [0, 1]; ``cam``: (B, C, h, w) raw localization maps
@@ -79,41 +119,13 @@ def refine_stage(
     with ``N = grid * grid`` (from :func:`sgwsss.refine.affinity.transition_matrix`),
     required by ``R``, ``G`` and ``G-iter15``. Extra keywords (``radius``, ``eps``,
     ``feedback``, ``skip_constant``) go to :func:`self_guided_refine`.
+    :func:`refine_maps` of :func:`base_maps`.
     """
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; valid stages: {', '.join(STAGES)}")
-    if "iterations" in kw:
-        raise TypeError("the stage name sets the number of iterations; do not pass iterations")
-    _check_inputs(image, cam, labels)
-    size = tuple(image.shape[-2:])
-    a = normalize_maps(cam, labels)
-    if stage in ("A", "G-w/o-aff", "G-iter15-w/o-aff"):
-        maps = F.interpolate(a, size=size, mode="bilinear", align_corners=False)
-    else:
-        n = int(grid) ** 2
-        if transition is None:
-            raise ValueError(
-                f"stage {stage!r} needs the affinity transition matrix: pass transition of shape "
-                f"({cam.shape[0]}, {n}, {n}) (N = grid * grid = {grid}**2)"
-            )
-        if not isinstance(transition, torch.Tensor) or transition.shape != (cam.shape[0], n, n):
-            got = tuple(transition.shape) if isinstance(transition, torch.Tensor) else type(transition).__name__
-            raise ValueError(f"transition must have shape ({cam.shape[0]}, {n}, {n}) for grid={grid}, got {got}")
-        r = random_walk(transition, resize_to_grid(a, grid))
-        maps = F.interpolate(r.to(a.dtype), size=size, mode="bilinear", align_corners=False)
-    if stage in ("A", "R"):
-        return maps
-    return self_guided_refine(image, maps, iterations=_ITERATIONS[stage], labels=labels, **kw)
+    return refine_maps(stage, image, base_maps(stage, image, cam, labels, transition, grid), labels, **kw)
 
 
-def stage_pseudo_labels(
-    stage: str,
-    image: torch.Tensor,
-    cam: torch.Tensor,
-    labels: torch.Tensor,
-    transition: torch.Tensor | None = None,
-    grid: int = 50,
-    **kw,
-) -> torch.Tensor:
-    """Pseudo labels (Eq. 11) of one Table 1 stage: (B, H, W) int64, 0 = background."""
-    return pseudo_label(refine_stage(stage, image, cam, labels, transition, grid, **kw), labels)
+def stage_pseudo_labels(stage: str, image: torch.Tensor, cam: torch.Tensor, labels: torch.Tensor, *args,
+                        **kw) -> torch.Tensor:
+    """Pseudo labels (Eq. 11) of one Table 1 stage: (B, H, W) int64, 0 = background (arguments as in
+    :func:`refine_stage`)."""
+    return pseudo_label(refine_stage(stage, image, cam, labels, *args, **kw), labels)

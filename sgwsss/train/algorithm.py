@@ -27,28 +27,25 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import torch
 import torch.distributed as dist
 
+from sgwsss.constants import INPUT_NORMALIZATION
+from sgwsss.files import atomic_write_text
 from sgwsss.train.checkpoint import (atomic_save, capture_rng_state, load_checkpoint, make_checkpoint, network_for,
                                      read_checkpoint, restore_rng_state, seed_everything)
 from sgwsss.train.config import TrainConfig, as_config
-from sgwsss.train.loop import METRICS_FILE, MetricsWriter, Runtime, init_distributed, train_step1, train_step2
+from sgwsss.train.loop import Runtime, init_distributed, train_step1, train_step2
+from sgwsss.train.metrics import METRICS_FILE, MetricsWriter, loss_records, phase_seconds, truncate_metrics
 from sgwsss.train.pseudo import generate_pseudo_labels
 
-__all__ = ["train", "load_checkpoint", "phase_seconds", "read_metrics", "training_ids", "train_images_per_class",
+__all__ = ["train", "load_checkpoint", "training_ids", "train_images_per_class", "train_transform",
            "RESUME_FREE_FIELDS"]
 
 # Fields that may change between a run and its resumption (they do not change the result).
 RESUME_FREE_FIELDS = frozenset({"num_workers", "log_interval", "checkpoint_interval"})
-_PHASE_ORDER = {"step1": 1, "pseudo": 2, "step2": 3}
-
-
-def _position_key(progress: Dict[str, int]) -> Tuple[int, int, int]:
-    """Order of a checkpoint position: (round, phase order, iteration)."""
-    return progress["round"], _PHASE_ORDER[f"step{progress['step']}"], progress["iteration"]
 
 
 def _step_done(progress: Optional[Dict[str, int]], round: int, step: int) -> bool:
@@ -68,46 +65,6 @@ def _check_resumable(stored: Dict[str, Any], cfg: TrainConfig, path: Path) -> No
                          f"use the stored work_dir/config.json or another work_dir")
 
 
-def _metrics_records(path: Path) -> Iterator[Tuple[str, Dict[str, Any]]]:
-    """``(line, record)`` for each well-formed line of a ``metrics.jsonl``, in order.
-
-    Well-formed: a JSON object with a known ``phase`` and an integer ``round``. Anything
-    else (a line cut short by a kill mid-write, a hand edit) is skipped, by every reader
-    alike. A missing file yields nothing.
-    """
-    if not path.exists():
-        return
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-            ok = isinstance(rec, dict) and rec.get("phase") in _PHASE_ORDER and isinstance(rec.get("round"), int)
-        except ValueError:
-            continue
-        if ok:
-            yield line, rec
-
-
-def read_metrics(path: Union[str, os.PathLike]) -> List[Dict[str, Any]]:
-    """The well-formed records of a run's ``metrics.jsonl``, in order (see :func:`_metrics_records`).
-
-    A line cut short by a kill mid-write is skipped rather than raised on, so the log of a
-    killed run can be read (and plotted) before it is resumed; a missing file gives ``[]``.
-    """
-    return [rec for _, rec in _metrics_records(Path(path))]
-
-
-def _truncate_metrics(path: Path, progress: Dict[str, int]) -> None:
-    """Drop metrics lines written after the checkpoint we resume from (the killed run's tail)."""
-    if not path.exists():
-        return
-    limit = _position_key(progress)
-    keep = [line for line, rec in _metrics_records(path)
-            if (rec["round"], _PHASE_ORDER[rec["phase"]], rec.get("iteration", 0)) <= limit]
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)
-
-
 @contextlib.contextmanager
 def _rng_preserved():
     state = capture_rng_state()
@@ -118,12 +75,8 @@ def _rng_preserved():
 
 
 def _summary(work_dir: Path, cfg: TrainConfig, resumed_from) -> Dict[str, Any]:
-    last_losses: Dict[str, float] = {}
     metrics = work_dir / METRICS_FILE
-    for _, rec in _metrics_records(metrics):
-        if rec["phase"] in ("step1", "step2") and "loss" in rec:
-            last_losses[f"round{rec['round']}/{rec['phase']}"] = rec["loss"]
-    seconds = phase_seconds(metrics)
+    last_losses = {f"round{rec['round']}/{rec['phase']}": rec["loss"] for rec in loss_records(metrics)}
     return {
         "work_dir": str(work_dir),
         "final_checkpoint": str(work_dir / "final.pt"),
@@ -131,28 +84,9 @@ def _summary(work_dir: Path, cfg: TrainConfig, resumed_from) -> Dict[str, Any]:
         "config": cfg.to_dict(),
         "pseudo_dirs": [str(work_dir / f"round{r}" / "pseudo") for r in range(1, cfg.rounds + 1)],
         "last_losses": last_losses,
-        "seconds": seconds,
+        "seconds": phase_seconds(metrics),
         "resumed_from": resumed_from,
     }
-
-
-def phase_seconds(metrics: Union[str, os.PathLike]) -> Dict[str, float]:
-    """Wall-clock seconds per phase of a run, from its ``metrics.jsonl``.
-
-    Returns ``{"round1/step1": s, "round1/pseudo": s, "round1/step2": s, ..., "total": s}``:
-    the sum of the ``seconds`` of every step line (each covers one log interval) and the
-    pseudo-label line of each round. Lines without ``seconds`` (logs written before the
-    field existed) count as 0; malformed lines are skipped (:func:`read_metrics`); a missing
-    file gives ``{}``. A resumed run counts the time of every process that contributed to
-    the kept lines, not the time lost to the kill.
-    """
-    out: Dict[str, float] = {}
-    for _, rec in _metrics_records(Path(metrics)):
-        key = f"round{rec['round']}/{rec['phase']}"
-        out[key] = out.get(key, 0.0) + float(rec.get("seconds", 0.0))
-    if out:
-        out["total"] = sum(out.values())
-    return out
 
 
 def training_ids(root, cfg: TrainConfig) -> List[str]:
@@ -178,6 +112,21 @@ def train_images_per_class(root, cfg: TrainConfig) -> Dict[str, int]:
 
     counts = VOCSegmentation(root, split=cfg.train_split, ids=training_ids(root, cfg)).class_counts()
     return dict(zip(CLASSES[1:], counts.tolist()))
+
+
+def train_transform(cfg: TrainConfig):
+    """The augmentation of both SGD steps: a :class:`~sgwsss.data.TrainTransform` with the configuration's
+    crop size, rescale range and flip, padding small crops with the backbone's mean colour.
+
+    The padded pixels go through the network like any other (and into the global average pool
+    of Eq. 1), so they must be 0 after the backbone's own normalisation
+    (:data:`sgwsss.constants.INPUT_NORMALIZATION`): the ImageNet mean for ResNet-101, 127/255
+    for EfficientNet-Lite0, whose input is ``(255 x - 127) / 128``.
+    """
+    from sgwsss.data import TrainTransform
+
+    mean, _ = INPUT_NORMALIZATION[cfg.backbone]
+    return TrainTransform(crop_size=cfg.crop_size, scale=cfg.scale, hflip=cfg.hflip, fill=mean)
 
 
 def train(config: Union[TrainConfig, str, dict] = "cpu", voc_root=None, work_dir: Union[str, os.PathLike] = "runs/train",
@@ -211,12 +160,15 @@ def train(config: Union[TrainConfig, str, dict] = "cpu", voc_root=None, work_dir
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, voc_root, runtime: Runtime, resume: bool) -> Dict[str, Any]:
-    from sgwsss.data import TrainTransform, VOCSegmentation, resolve_root
+def _open_run(cfg: TrainConfig, runtime: Runtime, resume: bool) -> Optional[Dict[str, Any]]:
+    """Check ``work_dir`` and prepare it: the checkpoint to resume from (None: a fresh start).
 
+    Writes ``config.json``; trims ``metrics.jsonl`` to the checkpoint (or removes it on a fresh
+    start). Refuses a ``work_dir`` that holds a run unless ``resume``, and a checkpoint of
+    another configuration.
+    """
     work_dir = Path(runtime.work_dir)
     last = runtime.checkpoint_dir / "last.pt"
-    final = work_dir / "final.pt"
     ckpt = None
     if last.exists():
         if not resume:
@@ -226,61 +178,71 @@ def _train(cfg: TrainConfig, voc_root, runtime: Runtime, resume: bool) -> Dict[s
         _check_resumable(ckpt["config"], cfg, last)
     elif any(work_dir.glob("round*/pseudo/*.png")):
         raise FileExistsError(f"{work_dir} holds pseudo labels but no checkpoint; choose an empty work_dir")
-    progress = dict(ckpt["progress"]) if ckpt is not None else None
-
     if runtime.is_main:
-        work_dir.mkdir(parents=True, exist_ok=True)
-        tmp = work_dir / f".config.json.tmp{os.getpid()}"
-        tmp.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-        os.replace(tmp, work_dir / "config.json")
-        if progress is None:
+        atomic_write_text(work_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+        if ckpt is None:
             (work_dir / METRICS_FILE).unlink(missing_ok=True)
         else:
-            _truncate_metrics(work_dir / METRICS_FILE, progress)
+            truncate_metrics(work_dir / METRICS_FILE, ckpt["progress"])
     runtime.barrier()
+    return ckpt
 
-    if ckpt is not None and final.exists() and _step_done(progress, cfg.rounds, 2):
-        return _summary(work_dir, cfg, progress)
 
-    root = resolve_root(voc_root)
-    ids = training_ids(root, cfg)
-    transform = TrainTransform(crop_size=cfg.crop_size, scale=cfg.scale, hflip=cfg.hflip)
-
+def _network(cfg: TrainConfig, runtime: Runtime, ckpt: Optional[Dict[str, Any]]) -> torch.nn.Module:
+    """The network on ``runtime.device``: ImageNet start, or the checkpoint's weights and RNG states."""
     seed_everything(cfg.seed)
     model = network_for(cfg, pretrained=cfg.pretrained and ckpt is None)
     if ckpt is not None:
         if ckpt.get("backbone", cfg.backbone) != model.backbone_name:
-            raise ValueError(f"{last} holds a {ckpt.get('backbone')!r} network, config asks {model.backbone_name!r}")
+            raise ValueError(f"{runtime.checkpoint_dir / 'last.pt'} holds a {ckpt.get('backbone')!r} network, "
+                             f"config asks {model.backbone_name!r}")
         model.load_state_dict(ckpt["model"])
     model.to(runtime.device)
     if ckpt is not None:
         restore_rng_state(ckpt["rng"])  # the RNG states right after the checkpointed iteration (rank 0's)
+    return model
 
+
+def _train(cfg: TrainConfig, voc_root, runtime: Runtime, resume: bool) -> Dict[str, Any]:
+    from sgwsss.data import VOCSegmentation, resolve_root
+    from sgwsss.pipeline import PseudoLabelPipeline
+
+    work_dir = Path(runtime.work_dir)
+    ckpt = _open_run(cfg, runtime, resume)
+    progress = dict(ckpt["progress"]) if ckpt is not None else None
+    if ckpt is not None and (work_dir / "final.pt").exists() and _step_done(progress, cfg.rounds, 2):
+        return _summary(work_dir, cfg, progress)
+
+    root = resolve_root(voc_root)
+    ids = training_ids(root, cfg)
+    transform = train_transform(cfg)
+    pipeline = PseudoLabelPipeline.from_config(cfg)
+    model = _network(cfg, runtime, ckpt)
     writer = MetricsWriter(runtime.metrics_path if runtime.is_main else None)
+
+    def resume_from(r: int, step: int):  # the checkpoint, when it lies inside (round r, step)
+        return ckpt if progress is not None and (progress["round"], progress["step"]) == (r, step) else None
+
     for r in range(1, cfg.rounds + 1):
-        # step 1: L_cls + lam * L_aff
-        if not _step_done(progress, r, 1):
-            resume_from = ckpt if progress is not None and (progress["round"], progress["step"]) == (r, 1) else None
+        if not _step_done(progress, r, 1):  # step 1: L_cls + lam * L_aff
             ds1 = VOCSegmentation(root, split=cfg.train_split, transform=transform, ids=ids)
-            train_step1(model, ds1, cfg, runtime, round=r, resume=resume_from)
-        # pseudo labels with the step-1 network (skipped once step 2 of this round has started)
+            train_step1(model, ds1, cfg, runtime, round=r, resume=resume_from(r, 1))
         pseudo_dir = work_dir / f"round{r}" / "pseudo"
         if not (progress is not None and (progress["round"], progress["step"]) >= (r, 2)):
+            # pseudo labels with the step-1 network (skipped once step 2 of this round has started)
             t0 = time.perf_counter()
             full = VOCSegmentation(root, split=cfg.train_split, ids=ids)
             with _rng_preserved():
-                written = generate_pseudo_labels(model, full, pseudo_dir, stage=cfg.pseudo_stage, cfg=cfg,
-                                                 crf=cfg.pseudo_crf, progress=runtime.progress)
-            writer.write({"phase": "pseudo", "round": r, "iteration": 0, "stage": cfg.pseudo_stage,
-                          "written": written, "images": len(ids), "seconds": time.perf_counter() - t0})
-        # step 2: L_seg on the pseudo labels, same network
-        if not _step_done(progress, r, 2):
-            resume_from = ckpt if progress is not None and (progress["round"], progress["step"]) == (r, 2) else None
+                written = generate_pseudo_labels(model, full, pseudo_dir, pipeline, progress=runtime.progress)
+            writer.pseudo(round=r, stage=pipeline.stage, written=written, images=len(ids),
+                          seconds=time.perf_counter() - t0)
+        if not _step_done(progress, r, 2):  # step 2: L_seg on the pseudo labels, same network
             ds2 = VOCSegmentation(root, split=cfg.train_split, transform=transform, mask_dir=pseudo_dir, ids=ids)
-            train_step2(model, ds2, cfg, runtime, round=r, resume=resume_from)
+            train_step2(model, ds2, cfg, runtime, round=r, resume=resume_from(r, 2))
 
     if runtime.is_main:
         atomic_save(make_checkpoint(model, cfg, {"round": cfg.rounds, "step": 2, "iteration": cfg.step2_iters,
-                                                 "iters": cfg.step2_iters}, kind="final", with_rng=False), final)
+                                                 "iters": cfg.step2_iters}, kind="final", with_rng=False),
+                    work_dir / "final.pt")
     runtime.barrier()
     return _summary(work_dir, cfg, progress)

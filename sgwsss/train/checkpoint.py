@@ -22,6 +22,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from sgwsss.files import atomic_open
 from sgwsss.train.config import TrainConfig, as_config
 
 FORMAT = 1
@@ -29,26 +30,14 @@ PathLike = Union[str, os.PathLike]
 
 
 def atomic_save(obj: Any, path: PathLike) -> Path:
-    """``torch.save(obj)`` to ``path`` atomically: write a temp file in the same folder, fsync, ``os.replace``.
+    """``torch.save(obj)`` to ``path`` atomically: a temp file in the same folder, fsync, ``os.replace``
+    (:func:`sgwsss.files.atomic_open`).
 
     A crash while writing leaves the previous ``path`` (if any) untouched and no temp file behind.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    with atomic_open(path, "wb", fsync=True) as fh:
+        torch.save(obj, fh)
+    return Path(path)
 
 
 def capture_rng_state() -> Dict[str, Any]:

@@ -118,6 +118,7 @@ class TrainConfig:
     step2_batch_size: int = 8
     step2_lr: float = 5e-4
     step2_iters: int = 10_000
+    step2_guided_filter: bool = False  # L_seg through the guided-filter layer (Eqs. 9-10, see step2_loss_fn)
     # Algorithm 1
     rounds: int = 2
     lam: float = 1.0

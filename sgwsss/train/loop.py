@@ -22,7 +22,6 @@ the single-process one. Only rank 0 writes checkpoints, metrics and bars.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import time
@@ -35,13 +34,13 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
+from sgwsss.files import temp_path
 from sgwsss.train.checkpoint import atomic_save, make_checkpoint, unwrap
 from sgwsss.train.config import TrainConfig
+from sgwsss.train.metrics import METRICS_FILE, MetricsWriter
 
-__all__ = ["poly_lr", "DataOrder", "Runtime", "init_distributed", "set_train_mode", "sgd_loop",
-           "train_step1", "train_step2", "MetricsWriter", "METRICS_FILE"]
-
-METRICS_FILE = "metrics.jsonl"  # a run's loss log, one JSON record a line, in its work_dir
+__all__ = ["poly_lr", "poly_schedule", "DataOrder", "Runtime", "init_distributed", "set_train_mode", "sgd_loop",
+           "train_step1", "train_step2"]
 
 
 # --------------------------------------------------------------------------- learning rate
@@ -56,6 +55,24 @@ def poly_lr(base_lr: float, iteration: int, max_iterations: int, power: float = 
     if not 0 <= iteration <= max_iterations:
         raise ValueError(f"iteration must be in [0, {max_iterations}], got {iteration}")
     return base_lr * (1.0 - iteration / max_iterations) ** power
+
+
+def poly_schedule(optimizer: torch.optim.Optimizer, iters: int, power: float = 0.9,
+                  start: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """The 'poly' policy as a torch scheduler: group ``g`` runs at ``g["initial_lr"] * poly_lr(1, k, iters)``
+    at iteration ``k``, from ``k = start`` (a resumed step); call ``.step()`` after each update.
+
+    Why ``LambdaLR`` and not ``torch.optim.lr_scheduler.PolynomialLR``: PolynomialLR updates
+    the rate multiplicatively, ``lr_k = lr_{k-1} * (f(k) / f(k - 1))``, so the rounding errors
+    pile up (measured: 470 of the 600 rates of a 300-iteration step differ from
+    :func:`poly_lr`, by up to 2e-15 relative; up to 3e-13 over 50k iterations), and a resumed
+    step would need its state. ``LambdaLR`` evaluates the closed form at every iteration,
+    the same rates to the bit (``tests/test_train.py`` checks both statements).
+    """
+    for g in optimizer.param_groups:
+        g.setdefault("initial_lr", g["lr"])
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: poly_lr(1.0, k, iters, power),
+                                             last_epoch=start - 1)
 
 
 # --------------------------------------------------------------------------- data order
@@ -225,21 +242,6 @@ class Runtime:
             dist.barrier()
 
 
-class MetricsWriter:
-    """Append JSON lines to ``path`` (flushing each line); a no-op when ``path`` is None."""
-
-    def __init__(self, path: Optional[Path]):
-        self.path = Path(path) if path is not None else None
-
-    def write(self, record: Dict[str, Any]) -> None:
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
-            fh.flush()
-
-
 def set_train_mode(model: torch.nn.Module, freeze_bn: bool = True) -> None:
     """``model.train()``, but with BatchNorm layers in eval mode (running statistics frozen) if ``freeze_bn``.
 
@@ -279,7 +281,7 @@ def _save_step_checkpoint(runtime: Runtime, ckpt: Dict[str, Any], end_of_step: b
         return
     prog = ckpt["progress"]
     final = atomic_save(ckpt, runtime.checkpoint_dir / _checkpoint_name(prog["round"], prog["step"]))
-    tmp = last.with_name(f".last.pt.link{os.getpid()}")
+    tmp = temp_path(last)
     try:  # a hard link shares the bytes; os.replace makes 'last.pt' switch atomically
         if tmp.exists():
             tmp.unlink()
@@ -313,112 +315,155 @@ def sgd_loop(model: torch.nn.Module, dataset, cfg: TrainConfig, *, step: int, ro
         total loss (mean over all processes) of the iterations run in this call.
     """
     runtime = runtime or Runtime(device=next(model.parameters()).device)
-    device = runtime.device
     net = unwrap(model)
-    start = 0
-    if resume is not None:
-        prog = resume["progress"]
-        if (prog["round"], prog["step"]) != (round, step):
-            raise ValueError(f"resume checkpoint is for round {prog['round']} step {prog['step']}, "
-                             f"not round {round} step {step}")
-        if prog["iters"] != iters:
-            raise ValueError(f"resume checkpoint was written for {prog['iters']} iterations, not {iters}")
-        start = int(prog["iteration"])
-
+    start = _start_iteration(resume, round, step, iters)
     set_train_mode(net, cfg.freeze_bn)
+    use_amp = bool(cfg.amp) and runtime.device.type == "cuda"
+    optimizer, scaler = _optimizer(net, cfg, lr, use_amp, resume)
+    schedule = poly_schedule(optimizer, iters, cfg.poly_power, start)
+    order = DataOrder(len(dataset), batch_size, seed=cfg.seed, round=round, step=step, iters=iters, start=start,
+                      rank=runtime.rank, world_size=runtime.world_size)
+    loader = DataLoader(SeededItems(dataset), batch_sampler=order, num_workers=cfg.num_workers,
+                        pin_memory=runtime.device.type == "cuda",
+                        generator=torch.Generator().manual_seed(cfg.seed))  # never touch the global RNG
+    train_model = _data_parallel(net, runtime)
+    log = _StepLog(runtime, cfg, round=round, step=step, iters=iters, start=start,
+                   images_per_iteration=order.global_batch_size)
+    position = {"round": round, "step": step, "iters": iters}
+    losses: List[float] = []
+    iteration = start
+    try:
+        for batch in loader:
+            total, parts = _update(train_model, batch, loss_fn, optimizer, scaler, runtime.device, use_amp,
+                                   where=f"round {round} step {step} iteration {iteration + 1}", lr=lr)
+            iteration += 1
+            vals = _mean_over_ranks(total, parts, runtime)
+            losses.append(vals["loss"])
+            log.update(iteration, vals, step_lr(optimizer))
+            if log.writes_checkpoints and (iteration % cfg.checkpoint_interval == 0 or iteration == iters):
+                ckpt = make_checkpoint(net, cfg, {**position, "iteration": iteration}, optimizer=optimizer,
+                                       scaler=scaler)
+                _save_step_checkpoint(runtime, ckpt, end_of_step=iteration == iters)
+            schedule.step()
+            if runtime.callback is not None:
+                runtime.callback({**position, "iteration": iteration, "loss": vals["loss"]})
+    finally:
+        log.close()
+    if iteration != iters:
+        raise RuntimeError(f"data loader stopped at iteration {iteration} of {iters}")
+    return {"round": round, "step": step, "start": start, "iteration": iteration, "iters": iters, "losses": losses}
+
+
+def _start_iteration(resume: Optional[Dict[str, Any]], round: int, step: int, iters: int) -> int:
+    """The iteration a step starts at: 0, or the checkpoint's (which must be of this round, step and length)."""
+    if resume is None:
+        return 0
+    prog = resume["progress"]
+    if (prog["round"], prog["step"]) != (round, step):
+        raise ValueError(f"resume checkpoint is for round {prog['round']} step {prog['step']}, "
+                         f"not round {round} step {step}")
+    if prog["iters"] != iters:
+        raise ValueError(f"resume checkpoint was written for {prog['iters']} iterations, not {iters}")
+    return int(prog["iteration"])
+
+
+def _optimizer(net: torch.nn.Module, cfg: TrainConfig, lr: float, use_amp: bool,
+               resume: Optional[Dict[str, Any]]) -> Tuple[torch.optim.Optimizer, "torch.amp.GradScaler"]:
+    """SGD with momentum over the network's parameter groups (new layers at 10x) and the grad scaler,
+    both with the checkpoint's state when resuming."""
     groups = net.param_groups(lr, cfg.weight_decay) if hasattr(net, "param_groups") else \
         [{"params": [p for p in net.parameters() if p.requires_grad], "lr": lr, "weight_decay": cfg.weight_decay}]
     optimizer = torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     for g in optimizer.param_groups:
         g["initial_lr"] = g["lr"]
-    use_amp = bool(cfg.amp) and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     if resume is not None:
         if resume.get("optimizer") is not None:
             optimizer.load_state_dict(resume["optimizer"])
         if use_amp and resume.get("scaler") is not None:
             scaler.load_state_dict(resume["scaler"])
+    return optimizer, scaler
 
-    order = DataOrder(len(dataset), batch_size, seed=cfg.seed, round=round, step=step, iters=iters, start=start,
-                      rank=runtime.rank, world_size=runtime.world_size)
-    loader = DataLoader(SeededItems(dataset), batch_sampler=order, num_workers=cfg.num_workers,
-                        pin_memory=device.type == "cuda",
-                        generator=torch.Generator().manual_seed(cfg.seed))  # never touch the global RNG
 
+def _data_parallel(net: torch.nn.Module, runtime: Runtime) -> torch.nn.Module:
+    """``net`` in DDP when distributed (step 2 leaves the classification branch and aggregation layer
+    without gradient: unused parameters are allowed), else ``net`` itself."""
+    if not runtime.distributed:
+        return net
+    device = runtime.device
+    ddp_kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}
+    return torch.nn.parallel.DistributedDataParallel(net, find_unused_parameters=True, **ddp_kwargs)
+
+
+def _update(train_model, batch, loss_fn: LossFn, optimizer, scaler, device: torch.device, use_amp: bool, *,
+            where: str, lr: float) -> Tuple[torch.Tensor, Dict[str, Any]]:
+    """One SGD update on ``batch``: forward (autocast under AMP), loss in float32, backward, step."""
+    batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+    with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+        out = train_model(batch["image"])
+    if use_amp:  # the losses (softmax, affinity exp / row sums) in float32
+        out = _float32(out)
+    total, parts = loss_fn(out, batch)
+    if not use_amp and not torch.isfinite(total.detach()).all():  # AMP: the grad scaler skips such steps
+        raise FloatingPointError(f"non-finite loss {float(total)} at {where}; lower the learning rate ({lr}) "
+                                 f"or check the data")
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(total).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return total, parts
+
+
+def _mean_over_ranks(total: torch.Tensor, parts: Dict[str, Any], runtime: Runtime) -> Dict[str, float]:
+    """``{"loss": total, **parts}`` as floats, averaged over the DDP processes."""
+    names = ["loss"] + sorted(parts)
+    on_gpu = runtime.distributed and runtime.device.type == "cuda"
+    values = torch.tensor([_to_float(total)] + [_to_float(parts[k]) for k in sorted(parts)],
+                          dtype=torch.float64, device=runtime.device if on_gpu else "cpu")
     if runtime.distributed:
-        # step 2 leaves the classification branch and aggregation layer unused (no gradient)
-        ddp_kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}
-        train_model = torch.nn.parallel.DistributedDataParallel(net, find_unused_parameters=True, **ddp_kwargs)
-    else:
-        train_model = net
+        dist.all_reduce(values)
+        values /= runtime.world_size
+    return dict(zip(names, values.tolist()))
 
-    writer = MetricsWriter(runtime.metrics_path if runtime.is_main else None)
-    write_ckpt = runtime.is_main and runtime.checkpoint_dir is not None
-    bar = None
-    if runtime.is_main and runtime.progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=iters, initial=start, desc=f"round {round} step {step}", dynamic_ncols=True)
 
-    losses: List[float] = []
-    window: Dict[str, List[float]] = {}
-    t0, n0 = time.perf_counter(), 0
-    iteration = start
-    try:
-        for batch in loader:
-            factor = poly_lr(1.0, iteration, iters, cfg.poly_power)
-            for g in optimizer.param_groups:
-                g["lr"] = g["initial_lr"] * factor
-            batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                out = train_model(batch["image"])
-            if use_amp:  # the losses (softmax, affinity exp / row sums) in float32
-                out = _float32(out)
-            total, parts = loss_fn(out, batch)
-            if not use_amp and not torch.isfinite(total.detach()).all():  # AMP: the grad scaler skips such steps
-                raise FloatingPointError(f"non-finite loss {float(total)} at round {round} step {step} iteration "
-                                         f"{iteration + 1}; lower the learning rate ({lr}) or check the data")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(total).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            iteration += 1
+class _StepLog:
+    """Rank 0's view of a step: the tqdm bar and one ``metrics.jsonl`` record per ``log_interval``
+    iterations (the window's mean losses, the rate, images per second and the window's seconds)."""
 
-            names = ["loss"] + sorted(parts)
-            values = torch.tensor([_to_float(total)] + [_to_float(parts[k]) for k in sorted(parts)],
-                                  dtype=torch.float64, device=device if runtime.distributed and
-                                  device.type == "cuda" else "cpu")
-            if runtime.distributed:
-                dist.all_reduce(values)
-                values /= runtime.world_size
-            vals = dict(zip(names, values.tolist()))
-            losses.append(vals["loss"])
-            for k, v in vals.items():
-                window.setdefault(k, []).append(v)
-            n0 += 1
+    def __init__(self, runtime: Runtime, cfg: TrainConfig, *, round: int, step: int, iters: int, start: int,
+                 images_per_iteration: int):
+        self.writer = MetricsWriter(runtime.metrics_path if runtime.is_main else None)
+        self.writes_checkpoints = runtime.is_main and runtime.checkpoint_dir is not None
+        self.round, self.step, self.iters, self.interval = round, step, iters, cfg.log_interval
+        self.images_per_iteration = images_per_iteration
+        self.bar = None
+        if runtime.is_main and runtime.progress:
+            from tqdm.auto import tqdm
 
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{vals['loss']:.4f}")
-            if iteration % cfg.log_interval == 0 or iteration == iters:
-                dt = time.perf_counter() - t0
-                writer.write({"phase": f"step{step}", "step": step, "round": round, "iteration": iteration,
-                              "iters": iters, **{k: float(np.mean(v)) for k, v in window.items()},
-                              "lr": step_lr(optimizer), "images_per_s": n0 * order.global_batch_size / max(dt, 1e-9),
-                              "seconds": dt})
-                window, t0, n0 = {}, time.perf_counter(), 0
-            if write_ckpt and (iteration % cfg.checkpoint_interval == 0 or iteration == iters):
-                ckpt = make_checkpoint(net, cfg, {"round": round, "step": step, "iteration": iteration,
-                                                  "iters": iters}, optimizer=optimizer, scaler=scaler)
-                _save_step_checkpoint(runtime, ckpt, end_of_step=iteration == iters)
-            if runtime.callback is not None:
-                runtime.callback({"round": round, "step": step, "iteration": iteration, "iters": iters,
-                                  "loss": vals["loss"]})
-    finally:
-        if bar is not None:
-            bar.close()
-    if iteration != iters:
-        raise RuntimeError(f"data loader stopped at iteration {iteration} of {iters}")
-    return {"round": round, "step": step, "start": start, "iteration": iteration, "iters": iters, "losses": losses}
+            self.bar = tqdm(total=iters, initial=start, desc=f"round {round} step {step}", dynamic_ncols=True)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.window: Dict[str, List[float]] = {}
+        self.t0, self.n = time.perf_counter(), 0
+
+    def update(self, iteration: int, vals: Dict[str, float], lr: float) -> None:
+        for k, v in vals.items():
+            self.window.setdefault(k, []).append(v)
+        self.n += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{vals['loss']:.4f}")
+        if iteration % self.interval == 0 or iteration == self.iters:
+            dt = time.perf_counter() - self.t0
+            self.writer.step(step=self.step, round=self.round, iteration=iteration, iters=self.iters,
+                             values={k: float(np.mean(v)) for k, v in self.window.items()}, lr=lr,
+                             images_per_s=self.n * self.images_per_iteration / max(dt, 1e-9), seconds=dt)
+            self._reset()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def step_lr(optimizer: torch.optim.Optimizer) -> float:
@@ -438,11 +483,19 @@ def step1_loss_fn(cfg: TrainConfig) -> LossFn:
 
 
 def step2_loss_fn(cfg: TrainConfig) -> LossFn:
-    """``L_seg`` (Eq. 12 of Ke & Hsu) on a batch with pseudo-label ``mask``."""
-    from sgwsss.losses import segmentation_loss
+    """``L_seg`` (Eq. 12 of Ke & Hsu) on a batch with pseudo-label ``mask``.
+
+    With ``cfg.step2_guided_filter`` the loss is taken through the guided-filter layer, the
+    crop as guide (:func:`sgwsss.losses.guided_segmentation_loss`, ``cfg.radius`` and
+    ``cfg.eps``): the paper's Eqs. 9-10, read as set out in :mod:`sgwsss.refine.guided_layer`.
+    """
+    from sgwsss.losses import guided_segmentation_loss, segmentation_loss
 
     def fn(out, batch):
-        loss = segmentation_loss(out.seg, batch["mask"])
+        if cfg.step2_guided_filter:
+            loss = guided_segmentation_loss(out.seg, batch["image"], batch["mask"], radius=cfg.radius, eps=cfg.eps)
+        else:
+            loss = segmentation_loss(out.seg, batch["mask"])
         return loss, {"seg": loss}
 
     return fn

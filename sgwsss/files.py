@@ -1,0 +1,61 @@
+"""Atomic file writes: the one place that writes a temp file and renames it (no torch import).
+
+Every file the package writes for later reading (checkpoints, pseudo-label and
+prediction PNGs, ``config.json``, the results JSON, the label cache, a run's
+trimmed ``metrics.jsonl``) goes through :func:`atomic_open`: the bytes go to a
+hidden temp file in the target's folder, which ``os.replace`` then moves onto the
+target in one step. A process killed mid-write leaves the previous file (or no
+file) and no temp file from a failed write; it never leaves a partial file that a
+resumed run would take for a finished one.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import IO, Iterator, Union
+
+__all__ = ["atomic_open", "atomic_write_text", "temp_path"]
+
+PathLike = Union[str, os.PathLike]
+
+
+def temp_path(path: PathLike) -> Path:
+    """The temp file of ``path`` for this process: ``.<name>.tmp<pid>`` in the same folder."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_open(path: PathLike, mode: str = "wb", fsync: bool = False) -> Iterator[IO]:
+    """Open a temp file for writing; on a clean exit it replaces ``path`` atomically.
+
+    ``mode`` is ``"wb"`` or ``"w"``; ``fsync=True`` flushes the bytes to disk before the
+    rename (checkpoints). Missing parent folders are created. On an exception the temp
+    file is removed and the exception propagates; ``path`` is untouched.
+
+    >>> with atomic_open("out.json", "w") as fh:  # doctest: +SKIP
+    ...     fh.write("{}")
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, mode) as fh:
+            yield fh
+            fh.flush()
+            if fsync:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_open`); returns ``path``."""
+    with atomic_open(path, "w") as fh:
+        fh.write(text)
+    return Path(path)
