@@ -1,7 +1,7 @@
 """Algorithm 1 of Ke & Hsu: alternating training (step 1, pseudo labels, step 2), checkpoints, resume, DDP.
 
 * :func:`train` -- the whole algorithm into a work folder (resumable).
-* :func:`get_config`, :class:`TrainConfig`, :data:`CONFIGS` -- the ``paper``, ``cpu`` and ``smoke`` presets;
+* :func:`get_config`, :class:`TrainConfig`, :data:`CONFIGS` -- the ``paper``, ``gpu``, ``cpu`` and ``smoke`` presets;
   ``$SGWSSS_BUDGET`` scales the iteration counts.
 * :func:`train_step1`, :func:`train_step2`, :func:`poly_lr` -- the SGD loops; :func:`train_transform` --
   their augmentation.

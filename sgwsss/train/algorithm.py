@@ -135,7 +135,7 @@ def train(config: Union[TrainConfig, str, dict] = "cpu", voc_root=None, work_dir
     """Run Algorithm 1 of Ke & Hsu (see the module docstring).
 
     Args:
-        config: a :class:`TrainConfig`, a preset name (``paper``, ``cpu``, ``smoke``) or a config dict.
+        config: a :class:`TrainConfig`, a preset name (``paper``, ``gpu``, ``cpu``, ``smoke``) or a config dict.
         voc_root: PASCAL VOC root (``None``: ``$SGWSSS_VOC_ROOT``, see :func:`sgwsss.data.resolve_root`).
         work_dir: output folder (config.json, metrics.jsonl, checkpoints/, round*/pseudo/, final.pt).
         resume: continue the run in ``work_dir`` from ``checkpoints/last.pt`` (a fresh start when there
