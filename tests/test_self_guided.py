@@ -136,3 +136,23 @@ def test_eps_and_threshold_must_be_finite(eps):
         self_guided_refine(image, maps, eps=eps)
     with pytest.raises(ValueError, match="threshold must be None"):
         self_guided_refine(image, maps, threshold=float("nan"))
+
+
+def test_map_whose_range_is_below_float32_resolution():
+    """A map spanning only a few float32 steps (a smoke run's map of a class it never saw: 0.5285053..0.5285076)
+    leaves Otsu's end bins empty. numpy gives 0/0 = NaN there and argmax takes the first NaN (skimage itself
+    refuses such a map: "Too many bins for data range"); the fused kernel used to raise ZeroDivisionError inside
+    numba. It now gives what sgwsss.refine.otsu's numpy search gives, then filters as the reference loop."""
+    from sgwsss.refine.otsu import otsu_threshold
+
+    image, _ = _scene(9, k=1)
+    lo = np.float32(0.5285053)
+    steps = np.arange(image.shape[-1], dtype=np.float32) % 20
+    row = np.array([np.nextafter(lo, np.float32(1)) if s == 0 else lo for s in steps], np.float32)
+    q = np.tile(row + np.float32(2.4e-6) * (steps / 19).astype(np.float32), (image.shape[-2], 1)).astype(np.float32)
+    maps = torch.from_numpy(q)[None, None]
+    t = float(otsu_threshold(maps)[0, 0])
+    src = (maps > t).float()
+    want = guided_filter(image, src, 4, 1e-6, backend="torch")
+    got = self_guided_refine(image, maps, iterations=1, radius=4, eps=1e-6)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)

@@ -581,18 +581,22 @@ if numba is not None:
                 i = j if forward else nbins - 1 - j
                 s += c[i]
                 sm += c[i] * centers[i]
+                mean = sm / s if s > 0 else sm * np.nan  # empty end bins: NaN, as numpy's 0/0 (numba would raise)
                 if forward:
                     w1[i] = s
-                    m1[i] = sm / s
+                    m1[i] = mean
                 else:
                     w2[i] = s
-                    m2[i] = sm / s
+                    m2[i] = mean
         best = 0
         top = -_INF
         for i in range(nbins - 1):
             d = m1[i] - m2[i + 1]
             v = w1[i] * w2[i + 1] * (d * d)
-            if v > top:  # first maximum, as numpy.argmax (no NaN: the end bins are never empty)
+            if v != v:  # NaN (an empty end bin of a map whose range is below float32's resolution): as
+                best = i  # numpy.argmax, the first NaN wins
+                break
+            if v > top:  # first maximum, as numpy.argmax
                 top = v
                 best = i
         return centers[best]
