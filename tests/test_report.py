@@ -199,3 +199,10 @@ def test_frequency_split_table_by_hand():
     # all: (0.8 + 0.6 + 0.1 + 0.0) / 4; frequent: background and cat; rare: bird and dog (boat has no union)
     assert table.splitlines()[2] == "| A | 37.5 | 70.0 | 5.0 |"
     assert "2 classes with >= 15 training images" in table.splitlines()[0]
+
+
+def test_stage_table_puts_both_paper_columns():
+    res = _stages([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    lines = report.stage_table(res, PAPER_TABLE1, PAPER_TABLE1_CRF).splitlines()
+    assert lines[0].endswith("| paper (val) | paper + CRF (val) |")
+    assert lines[2] == f"| `A` | 10.0 | {PAPER_TABLE1['A']:.1f} | {PAPER_TABLE1_CRF['A']:.1f} |"

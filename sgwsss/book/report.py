@@ -93,22 +93,27 @@ CLAIMS = (
 )
 
 
-def stage_table(stages: Mapping[str, Any], paper: Optional[Mapping[str, Optional[float]]] = None) -> str:
-    """Markdown table of ``stages.json``: each stage's pseudo-label mIoU, with CRF when measured, and the paper's."""
+def stage_table(stages: Mapping[str, Any], paper: Optional[Mapping[str, Optional[float]]] = None,
+                paper_crf: Optional[Mapping[str, Optional[float]]] = None) -> str:
+    """Markdown table of ``stages.json``: each stage's pseudo-label mIoU, with CRF when measured, and the paper's
+    Table 1 (``paper``: without CRF, ``paper_crf``: with; the val mIoU of networks trained on each stage's labels)."""
     rows = []
     has_crf = any("miou_crf" in r for r in stages["stages"].values())
     for s, r in stages["stages"].items():
         row = [f"`{s}`", pct(r["miou"])]
         if has_crf:
             row += [pct(r.get("miou_subset")), pct(r.get("miou_crf"))]
-        if paper is not None:
-            row.append("n/a" if paper.get(s) is None else f"{paper[s]:.1f}")
+        for table in (paper, paper_crf):
+            if table is not None:
+                row.append("n/a" if table.get(s) is None else f"{table[s]:.1f}")
         rows.append(row)
     header = [f"stage (walk beta {stages['beta']:g})" if "beta" in stages else "stage", f"mIoU, {stages['images']} images"]
     if has_crf:
         header += [f"mIoU, {stages['crf_images']} images", f"+ CRF, {stages['crf_images']} images"]
     if paper is not None:
-        header.append("paper")
+        header.append("paper" if paper_crf is None else "paper (val)")
+    if paper_crf is not None:
+        header.append("paper + CRF (val)")
     return markdown_table(header, rows)
 
 
@@ -368,15 +373,15 @@ def plot_stages(stages: Mapping[str, Any], table1: Optional[Mapping[str, Any]] =
     if table1:
         series["segmentation net, val"] = [table1["stages"].get(s, {}).get("val_miou") for s in names]
     if ax is None:
-        _, ax = plt.subplots(figsize=(9, 3.6))
+        _, ax = plt.subplots(figsize=(12, 4.8))  # readable at a 1280-px page width
     width = 0.8 / len(series)
     x = np.arange(len(names))
     for i, (label, vals) in enumerate(series.items()):
         v = [np.nan if a is None else 100 * a for a in vals]
         bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, v, width, label=label)
-        ax.bar_label(bars, fmt="%.1f", fontsize=7)
-    ax.set_xticks(x, names)
-    ax.set_ylabel("mIoU (%)")
-    ax.set_title("Table 1 stages measured on the VOC sample")
-    ax.legend(fontsize=8, loc="lower right")
+        ax.bar_label(bars, fmt="%.1f", fontsize=10)
+    ax.set_xticks(x, names, fontsize=12)
+    ax.set_ylabel("mIoU (%)", fontsize=12)
+    ax.set_title("Table 1's stages measured on the VOC sample", fontsize=14)
+    ax.legend(fontsize=11, loc="lower right")
     return ax.figure
