@@ -206,3 +206,15 @@ def test_stage_table_puts_both_paper_columns():
     lines = report.stage_table(res, PAPER_TABLE1, PAPER_TABLE1_CRF).splitlines()
     assert lines[0].endswith("| paper (val) | paper + CRF (val) |")
     assert lines[2] == f"| `A` | 10.0 | {PAPER_TABLE1['A']:.1f} | {PAPER_TABLE1_CRF['A']:.1f} |"
+
+
+def test_paper_settings_name_config_fields_and_the_paper_config_follows_them():
+    from sgwsss.paper import PAPER_SETTINGS
+    from sgwsss.train import get_config
+
+    cfg = get_config("paper", budget=1)
+    for field, value in PAPER_SETTINGS.items():
+        assert hasattr(cfg, field), field
+        if value is not None:
+            assert getattr(cfg, field) == value, field
+    assert 2 * PAPER_SETTINGS["radius"] + 1 == 35  # Sec. 4.1's window size
