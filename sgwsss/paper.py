@@ -7,12 +7,13 @@ No torch import: the book, the benchmarks and the tests read these without the m
 * :data:`PAPER_TABLE2` -- Table 2: per-class IoU (%) of the final network on VOC 2012 *test*.
 * :data:`PAPER_TABLE3` -- Table 3: published methods on VOC 2012 val, with the extra data and
   external models each uses.
+* :data:`PAPER_SETTINGS` -- the training settings of Sec. 4.1 and Algorithm 1.
 """
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple
 
-__all__ = ["PAPER_TABLE1", "PAPER_TABLE1_CRF", "PAPER_TABLE2", "PAPER_TABLE3"]
+__all__ = ["PAPER_TABLE1", "PAPER_TABLE1_CRF", "PAPER_TABLE2", "PAPER_TABLE3", "PAPER_SETTINGS"]
 
 #: Table 1, "w/o CRF" column: VOC 2012 val mIoU (%) of the segmentation network trained on
 #: each stage's pseudo labels (DeepLab-v2, ResNet-101).
@@ -56,3 +57,20 @@ PAPER_TABLE3: List[Tuple[str, str, str, Optional[float], Optional[float]]] = [
     ("G-iter15 (DeepLab)", "", "", 46.2, 48.7),
     ("G-iter15 (ResNet-101)", "", "", 47.3, 50.5),
 ]
+
+#: Sec. 4.1 (Implementation, Parameter Setting) and Algorithm 1: the training settings of the paper, keyed by
+#: the :class:`sgwsss.train.TrainConfig` field each one sets (``None`` where the paper gives no value).
+PAPER_SETTINGS: Dict[str, object] = {
+    "backbone": "resnet101",       # DeepLab-v2 initialised from ImageNet ResNet-101
+    "crop_size": 321,              # random 321 x 321 crops
+    "step1_batch_size": 10, "step1_lr": 1e-3, "step1_iters": 50_000,
+    "step2_batch_size": 8, "step2_lr": 5e-4, "step2_iters": 10_000,
+    "rounds": 2,                   # n in Algorithm 1
+    "lam": 1.0,                    # lambda of Eq. 13
+    "grid": 50,                    # w = h = 50 for the affinity-guided refinement
+    "radius": 17,                  # filtering window 35 = 2 r + 1
+    "eps": 1e-6,                   # epsilon of Eq. 8
+    "beta": None,                  # the walk's exponent: not in the paper (T = D^-1 W, i.e. beta = 1)
+    "train_split": "train_aug",    # 10,582 images (VOC 2012 + SBD)
+    "poly_power": None,            # 'poly' policy; the power is not given
+}

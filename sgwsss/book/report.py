@@ -6,8 +6,10 @@ also works from a ``pip install`` in Colab). The chapter only formats these file
 no number in it is typed by hand.
 
 Names: ``guided_filter``, ``pseudo_labels``, ``train_cpu`` / ``train_paper``,
-``stages`` (Table 1 pseudo-label mIoU on ``train``), ``table1`` (segmentation
-networks trained on each stage's pseudo labels), ``segmentation`` (a run's final
+``stages`` (each Table 1 stage's pseudo-label mIoU on ``train``: a proxy for Table 1, which
+scores networks trained on them on ``val``; per-image confusion matrices in ``stages_per_image.npz``),
+``table1`` (segmentation networks trained on each stage's pseudo labels: Table 1's protocol),
+``rounds`` (Algorithm 1 with n = 2), ``segmentation`` (a run's final
 network on ``val``) and ``oracle_refinement`` (the refinement on degraded ground truth).
 """
 from __future__ import annotations
@@ -24,7 +26,9 @@ from typing import Any, Dict, Mapping, Optional
 from sgwsss.evaluate.tables import markdown_table, pct, per_class_table
 from sgwsss.files import atomic_write_text
 
-__all__ = ["RESULTS_DIR", "result_path", "save_result", "load_result", "machine"]
+__all__ = ["RESULTS_DIR", "result_path", "result_file", "save_result", "load_result", "load_arrays", "machine",
+           "CLAIMS", "claims", "claims_markdown", "guided_filter_table", "slower_cases", "rounds_table",
+           "paired_delta"]
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -73,59 +77,122 @@ def load_result(name: str, results_dir: Optional[os.PathLike] = None) -> Optiona
 
 # ----------------------------------------------------------------------------- Table 1
 
-#: The comparisons Table 1 of Ke & Hsu is about: (better stage, worse stage, what the paper claims).
+#: The comparisons the paper draws from its Table 1 (Sec. 4.2 and the table's rows), as
+#: ``(stage a, stage b, side, what the paper finds)``: ``side`` is ``"greater"`` when the paper's
+#: mIoU of ``a`` is above that of ``b``, ``"less"`` when below (the paper's own numbers:
+#: :data:`sgwsss.paper.PAPER_TABLE1`, and the same order with CRF). Ours are pseudo-label mIoUs on
+#: ``train``, a proxy for the paper's val mIoU of a network trained on each stage's labels.
 CLAIMS = (
-    ("R", "A", "the affinity random walk improves the localization maps"),
-    ("G-w/o-aff", "A", "self-guided refinement improves the localization maps"),
-    ("G", "R", "self-guided refinement also improves the random-walk maps"),
-    ("G", "G-w/o-aff", "self-guided refinement works better after the random walk"),
-    ("G-iter15", "G", "iterating the self-guided refinement 15 times improves it further"),
-    ("G-iter15-w/o-aff", "G-w/o-aff", "iterating also helps without the affinity"),
+    ("R", "A", "greater", "the affinity random walk improves the localization maps"),
+    ("G-w/o-aff", "A", "less", "one self-guided filtering step alone hurts"),
+    ("G", "R", "less", "one self-guided filtering step after the walk hurts too"),
+    ("G-iter15-w/o-aff", "G-w/o-aff", "greater", "iterating the filter 15 times recovers (without the walk)"),
+    ("G-iter15", "G", "greater", "iterating the filter 15 times recovers (after the walk)"),
+    ("G", "G-w/o-aff", "greater", "the walk before one filtering step helps"),
+    ("G-iter15", "G-iter15-w/o-aff", "greater", "the walk before 15 filtering steps helps: G-iter15 is the best stage"),
 )
 
 
-def stage_table(stages: Mapping[str, Any], paper: Optional[Mapping[str, Optional[float]]] = None) -> str:
-    """Markdown table of ``stages.json``: each stage's pseudo-label mIoU, with CRF when measured, and the paper's."""
+def stage_table(stages: Mapping[str, Any], paper: Optional[Mapping[str, Optional[float]]] = None,
+                paper_crf: Optional[Mapping[str, Optional[float]]] = None) -> str:
+    """Markdown table of ``stages.json``: each stage's pseudo-label mIoU, with CRF when measured, and the paper's
+    Table 1 (``paper``: without CRF, ``paper_crf``: with; the val mIoU of networks trained on each stage's labels)."""
     rows = []
     has_crf = any("miou_crf" in r for r in stages["stages"].values())
     for s, r in stages["stages"].items():
         row = [f"`{s}`", pct(r["miou"])]
         if has_crf:
             row += [pct(r.get("miou_subset")), pct(r.get("miou_crf"))]
-        if paper is not None:
-            row.append("n/a" if paper.get(s) is None else f"{paper[s]:.1f}")
+        for table in (paper, paper_crf):
+            if table is not None:
+                row.append("n/a" if table.get(s) is None else f"{table[s]:.1f}")
         rows.append(row)
     header = [f"stage (walk beta {stages['beta']:g})" if "beta" in stages else "stage", f"mIoU, {stages['images']} images"]
     if has_crf:
         header += [f"mIoU, {stages['crf_images']} images", f"+ CRF, {stages['crf_images']} images"]
     if paper is not None:
-        header.append("paper")
+        header.append("paper" if paper_crf is None else "paper (val)")
+    if paper_crf is not None:
+        header.append("paper + CRF (val)")
     return markdown_table(header, rows)
 
 
-def claims(stages: Mapping[str, Any], key: str = "miou", margin: float = 0.005) -> list:
-    """Each of :data:`CLAIMS` checked against measured mIoUs: a list of dicts with ``claim``,
-    ``better``, ``worse``, ``delta`` (mIoU points, better - worse) and ``verdict``:
-    ``supported`` (delta > margin), ``contradicted`` (delta < -margin), ``no difference``
-    or ``not measured``."""
+def result_file(name: str, suffix: str, results_dir: Optional[os.PathLike] = None) -> Path:
+    """``<results_dir>/<name><suffix>``, the same folder as :func:`result_path` (e.g. a ``.npz``)."""
+    return result_path(name, results_dir).with_suffix(suffix)
+
+
+def load_arrays(name: str, results_dir: Optional[os.PathLike] = None) -> Optional[Dict[str, Any]]:
+    """The arrays of ``<name>.npz`` in the results folder (a dict of numpy arrays), or None when the file
+    is missing. Per-image confusion matrices, e.g. ``stages_per_image``: ``ids`` (N,) and
+    ``plain/<stage>`` (N, 21, 21); ``crf_ids`` and ``crf/<stage>`` for the CRF subset (rows ground truth,
+    columns prediction)."""
+    import numpy as np
+
+    path = result_file(name, ".npz", results_dir)
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path} is not a readable .npz ({exc}); rerun the benchmark that writes it") from None
+
+
+def claims(per_image: Mapping[str, Any], kind: str = "plain", paper: Optional[Mapping[str, float]] = None,
+           n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> list:
+    """Each of :data:`CLAIMS` tested by a paired bootstrap over images
+    (:func:`sgwsss.evaluate.bootstrap.paired_bootstrap`) on per-image confusion matrices.
+
+    Args:
+        per_image: ``{f"{kind}/{stage}": (N, C, C)}`` (as :func:`load_arrays` returns), the same
+            images in the same order for every stage.
+        kind: ``"plain"`` or ``"crf"``.
+        paper: the paper's mIoU (%) per stage (default :data:`sgwsss.paper.PAPER_TABLE1`, or
+            ``PAPER_TABLE1_CRF`` for ``kind="crf"``).
+
+    Returns:
+        One dict per claim: ``claim``, ``a``, ``b``, ``side``, ``paper_delta`` (points, a - b),
+        ``delta``, ``low``, ``high`` (ours, mIoU points, the ``confidence`` interval), ``images`` and
+        ``verdict``: ``supported`` / ``contradicted`` / ``not resolved`` from the interval, or
+        ``not measured`` when a stage is missing.
+    """
+    from sgwsss.evaluate.bootstrap import paired_bootstrap
+    from sgwsss.paper import PAPER_TABLE1, PAPER_TABLE1_CRF
+
+    if kind not in ("plain", "crf"):
+        raise ValueError(f"kind must be 'plain' or 'crf', got {kind!r}")
+    paper = paper if paper is not None else (PAPER_TABLE1 if kind == "plain" else PAPER_TABLE1_CRF)
     out = []
-    st = stages["stages"]
-    for better, worse, text in CLAIMS:
-        a, b = st.get(better, {}).get(key), st.get(worse, {}).get(key)
-        if a is None or b is None:
-            out.append({"claim": text, "better": better, "worse": worse, "delta": None, "verdict": "not measured"})
-            continue
-        d = a - b
-        verdict = "supported" if d > margin else "contradicted" if d < -margin else "no difference"
-        out.append({"claim": text, "better": better, "worse": worse, "delta": 100 * d, "verdict": verdict})
+    for a, b, side, text in CLAIMS:
+        row = {"claim": text, "a": a, "b": b, "side": side, "delta": None, "low": None, "high": None,
+               "images": None, "verdict": "not measured",
+               "paper_delta": None if a not in paper or b not in paper else paper[a] - paper[b]}
+        ca, cb = per_image.get(f"{kind}/{a}"), per_image.get(f"{kind}/{b}")
+        if ca is not None and cb is not None:
+            r = paired_bootstrap(ca, cb, n_resamples=n_resamples, confidence=confidence, seed=seed)
+            row.update(delta=100 * r.delta, low=100 * r.low, high=100 * r.high, images=r.n_images,
+                       verdict=r.verdict(side))
+        out.append(row)
     return out
 
 
-def claims_markdown(stages: Mapping[str, Any], key: str = "miou") -> str:
-    """:func:`claims` as a markdown table."""
-    rows = [[c["claim"], f"`{c['better']}` vs `{c['worse']}`",
-             "-" if c["delta"] is None else f"{c['delta']:+.1f}", c["verdict"]] for c in claims(stages, key)]
-    return markdown_table(["the paper's claim", "stages", "our difference (mIoU points)", "our measurement"], rows)
+def claims_markdown(per_image: Mapping[str, Any], kind: str = "plain", **kwargs) -> str:
+    """:func:`claims` as a markdown table (differences in mIoU points, a - b)."""
+    def num(v, fmt="{:+.1f}"):
+        return "-" if v is None else fmt.format(v)
+
+    rows, images = [], None
+    found = claims(per_image, kind, **kwargs)
+    for c in found:
+        ci = "-" if c["low"] is None else f"[{c['low']:+.1f}, {c['high']:+.1f}]"
+        images = images or c["images"]
+        rows.append([c["claim"], f"`{c['a']}` {'>' if c['side'] == 'greater' else '<'} `{c['b']}`",
+                     num(c["paper_delta"]), num(c["delta"]), ci, c["verdict"]])
+    level = round(100 * kwargs.get("confidence", 0.95))
+    return markdown_table(["the paper's finding", "claim", "paper (val mIoU, points)",
+                           f"ours (train pseudo labels, {images or 0} images)", f"{level}% interval", "verdict"],
+                          rows)
 
 
 def table1_table(table1: Mapping[str, Any], paper: Optional[Mapping[str, Optional[float]]] = None) -> str:
@@ -171,6 +238,64 @@ def speed_table(guided_filter: Optional[Mapping[str, Any]] = None, pseudo_labels
                 rows.append([f"`{t['config']}` {step} training, images/s (batch {s['batch']})",
                              f"{t['device']}, {t['threads']} threads", f"{s['images_per_second']:.2f}", "", ""])
     return markdown_table(["measurement", "where", "sgwsss", "OpenCV", "OpenCV / sgwsss"], rows)
+
+
+def guided_filter_table(gf: Mapping[str, Any]) -> str:
+    """Markdown table of ``guided_filter.json`` (``benchmarks/guided_filter.py``): the median ms per image of
+    the whole self-guided refinement, sgwsss and OpenCV, per thread count, input kind and number of classes,
+    with the ratio OpenCV / sgwsss (above 1: sgwsss is faster) and sgwsss's breakdown. A file in the older
+    format (no ``summary``) gives its one headline row."""
+    rows = []
+    for s in gf.get("summary") or []:
+        b = s.get("breakdown_ms_sgwsss") or {}
+        parts = " / ".join(f"{b[k]:.1f}" for k in ("statistics", "otsu", "filter", "other") if k in b)
+        rows.append([s["threads"], s["kind"], s["classes"], f"{s['ms_sgwsss']:.1f}", f"{s['ms_opencv']:.1f}",
+                     f"{s['ratio']:.2f}", parts or "-"])
+    if not rows:
+        rows.append([gf.get("threads", "?"), "trained", "all", f"{gf['refine_ms_sgwsss']:.1f}",
+                     f"{gf['refine_ms_opencv']:.1f}", f"{gf['refine_ratio']:.2f}", "-"])
+    return markdown_table(["threads", "input maps", "classes", "sgwsss ms", "OpenCV ms", "OpenCV / sgwsss",
+                           "sgwsss: statistics / Otsu / filter / other ms"], rows, align="lllrrrr")
+
+
+def slower_cases(gf: Mapping[str, Any]) -> list:
+    """The rows of ``guided_filter.json``'s summary (or its headline) where sgwsss is slower than OpenCV
+    (ratio below 1): a list of ``(threads, kind, classes, ratio)``."""
+    rows = gf.get("summary") or [{"threads": gf.get("threads"), "kind": "trained", "classes": "all",
+                                   "ratio": gf["refine_ratio"]}]
+    return [(r["threads"], r["kind"], r["classes"], r["ratio"]) for r in rows if r["ratio"] < 1]
+
+
+#: Column titles of :func:`rounds_table` for the keys ``benchmarks/rounds.py`` writes per round.
+ROUND_COLUMNS = {"pseudo_label_miou_train": "pseudo labels, train mIoU", "val_miou": "network, val mIoU",
+                 "val_miou_crf": "network + CRF, val mIoU"}
+
+
+def rounds_table(rounds: Mapping[str, Any]) -> str:
+    """Markdown table of ``rounds.json`` (Algorithm 1 run for n rounds): one row per round, a column per
+    measured fraction (the keys of :data:`ROUND_COLUMNS` first, then any other number in [0, 1]).
+    ``rounds["rounds"]`` is a list of dicts (each with ``round``) or a dict keyed by the round."""
+    items = rounds.get("rounds")
+    if isinstance(items, Mapping):
+        items = [{"round": k, **v} for k, v in items.items()]
+    if not items:
+        raise ValueError("rounds.json has no 'rounds' entry")
+    keys = [k for k in ROUND_COLUMNS if any(k in r for r in items)]
+    keys += sorted({k for r in items for k, v in r.items() if k not in keys and k != "round"
+                    and isinstance(v, float) and 0 <= v <= 1})
+    rows = [[f"round {r.get('round', i + 1)}", *(pct(r.get(k)) for k in keys)] for i, r in enumerate(items)]
+    return markdown_table(["", *(ROUND_COLUMNS.get(k, k) for k in keys)], rows)
+
+
+def paired_delta(arrays: Mapping[str, Any], key_a: str, key_b: str, n_resamples: int = 2000, seed: int = 0):
+    """``mIoU(a) - mIoU(b)`` in points with its 95% paired-bootstrap interval, from two ``(N, C, C)`` arrays of
+    ``arrays``: a dict ``delta``, ``low``, ``high``, ``images``; None when either key is missing."""
+    from sgwsss.evaluate.bootstrap import paired_bootstrap
+
+    if key_a not in arrays or key_b not in arrays:
+        return None
+    r = paired_bootstrap(arrays[key_a], arrays[key_b], n_resamples=n_resamples, seed=seed)
+    return {"delta": 100 * r.delta, "low": 100 * r.low, "high": 100 * r.high, "images": r.n_images}
 
 
 def frequency_split_table(rows: Mapping[str, Mapping[str, Optional[float]]], counts: Mapping[str, int],
@@ -248,15 +373,15 @@ def plot_stages(stages: Mapping[str, Any], table1: Optional[Mapping[str, Any]] =
     if table1:
         series["segmentation net, val"] = [table1["stages"].get(s, {}).get("val_miou") for s in names]
     if ax is None:
-        _, ax = plt.subplots(figsize=(9, 3.6))
+        _, ax = plt.subplots(figsize=(12, 4.8))  # readable at a 1280-px page width
     width = 0.8 / len(series)
     x = np.arange(len(names))
     for i, (label, vals) in enumerate(series.items()):
         v = [np.nan if a is None else 100 * a for a in vals]
         bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, v, width, label=label)
-        ax.bar_label(bars, fmt="%.1f", fontsize=7)
-    ax.set_xticks(x, names)
-    ax.set_ylabel("mIoU (%)")
-    ax.set_title("Table 1 stages measured on the VOC sample")
-    ax.legend(fontsize=8, loc="lower right")
+        ax.bar_label(bars, fmt="%.1f", fontsize=10)
+    ax.set_xticks(x, names, fontsize=12)
+    ax.set_ylabel("mIoU (%)", fontsize=12)
+    ax.set_title("Table 1's stages measured on the VOC sample", fontsize=14)
+    ax.legend(fontsize=11, loc="lower right")
     return ax.figure
