@@ -274,3 +274,23 @@ class Explorer:
     def pseudo_label(self, name: str, beta: float | None = None, **kw):
         """Pseudo labels (Eq. 11) of a stage: (H,W) int64."""
         return self.pipeline.labels(self.net, name, beta, **kw)[0]
+
+
+def glue(name: str, value):
+    """Hand a computed number or phrase to the chapter's prose (myst-nb ``glue``, not displayed); returns ``value``.
+
+    Numbers are read in Markdown with ``{glue:text}`name:.1f```; strings are glued as Markdown, read
+    with ``{glue:md}`name```. Without myst-nb (Colab) nothing is glued: the prose then shows the role,
+    the code cells the value.
+    """
+    try:
+        from myst_nb import glue as _glue
+    except ImportError:
+        return value
+    if isinstance(value, str):
+        from IPython.display import Markdown
+
+        _glue(name, Markdown(value), display=False)
+    else:
+        _glue(name, value, display=False)
+    return value
