@@ -4,9 +4,9 @@ Every function returns the matplotlib ``Figure`` it drew so a chapter can show o
 save it; none of them computes anything the package does not already provide.
 
 All of them draw in the book's style (:data:`BOOK_STYLE`, applied once, the first time a
-figure is drawn): figures at most about 11 inches wide with 12-13 pt text, so that on the
-rendered page (a 1280-px browser shows the figure about 780 px wide) panel titles, ticks and
-colour-bar labels are at least the size of the body's small print. Label maps (pseudo
+figure is drawn): figures at most 9 inches wide with 13-14 pt text, so that on the
+rendered page (a 1280-px browser shows a figure at most 688 px wide) panel titles, ticks and
+colour-bar labels are at least the size of the body's small print (measured: 14-15 px). Label maps (pseudo
 labels, ground truth, predictions) are drawn in the VOC palette blended over the image, with
 each region's outline (:func:`overlay_labels`), so a dark class colour stays visible.
 """
@@ -18,22 +18,23 @@ from typing import Sequence
 import numpy as np
 
 
-#: The book's matplotlib style (rcParams): sizes chosen so that a figure up to ~11 in wide, shown at the
-#: page width of a 1280-px browser, has text of at least ~12 px.
+#: The book's matplotlib style (rcParams). In a 1280-px browser the book's text column is 688 px wide; a
+#: figure of at most MAX_WIDTH = 9 in at 100 dpi (900 px) is shown at 0.76 of its size there, so 13-14 pt
+#: text (18-19 px in the PNG) reads as 14-15 px: at least the body's small print.
 BOOK_STYLE = {
-    "font.size": 12,
-    "axes.titlesize": 13,
-    "axes.labelsize": 12,
-    "xtick.labelsize": 11,
-    "ytick.labelsize": 11,
-    "legend.fontsize": 11,
-    "figure.titlesize": 14,
+    "font.size": 13,
+    "axes.titlesize": 14,
+    "axes.labelsize": 13,
+    "xtick.labelsize": 12,
+    "ytick.labelsize": 12,
+    "legend.fontsize": 12,
+    "figure.titlesize": 15,
     "figure.dpi": 100,
     "savefig.dpi": 100,
     "image.interpolation": "nearest",
 }
 #: Widest figure the book draws (inches): wider ones would shrink their text below the small print.
-MAX_WIDTH = 11.0
+MAX_WIDTH = 9.0
 _styled = False
 
 
@@ -123,7 +124,7 @@ def show_samples(dataset, indices: Sequence[int], *, ncols: int = 4, title: str 
     indices = list(indices)
     ncols = max(1, min(ncols, len(indices)))
     nrows = 2 * ((len(indices) + ncols - 1) // ncols)
-    width = _width(2.7, ncols) if ncols > 1 else 5.5
+    width = _width(2.25, ncols) if ncols > 1 else 5.5
     fig, axes = plt.subplots(nrows, ncols, figsize=(width, width / ncols * 0.82 * nrows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
@@ -146,10 +147,10 @@ def class_frequency_bar(counts, class_names: Sequence[str], *, title: str = "Ima
     plt = _plt()
     counts = np.asarray(counts)
     order = np.argsort(counts)
-    fig, ax = plt.subplots(figsize=(8, 0.3 * len(counts) + 1.2))
+    fig, ax = plt.subplots(figsize=(MAX_WIDTH * 0.8, 0.32 * len(counts) + 1.2))
     ax.barh([class_names[i] for i in order], counts[order], color="tab:blue")
     for y, v in enumerate(counts[order]):
-        ax.text(v, y, f" {int(v)}", va="center", fontsize=10)
+        ax.text(v, y, f" {int(v)}", va="center", fontsize=11)
     ax.set_xlabel("number of images containing the class")
     ax.set_title(title)
     fig.tight_layout()
@@ -288,7 +289,7 @@ def show_maps(image, maps, labels, *, title: str = "", cmap: str = "jet", vmax=N
     present = np.flatnonzero(labels > 0.5)
     rgb = to_hwc_uint8(image)
     n = 1 + len(present)
-    fig, axes = plt.subplots(1, n, figsize=(_width(3.4, n), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(_width(3.0, n), 2.9), squeeze=False, layout="constrained")
     axes[0, 0].imshow(rgb)
     axes[0, 0].set_title("image")
     im = None
@@ -300,8 +301,7 @@ def show_maps(image, maps, labels, *, title: str = "", cmap: str = "jet", vmax=N
     for ax in axes.flat:
         ax.axis("off")
     if im is not None:
-        fig.colorbar(im, ax=list(axes.flat[1:]), fraction=0.03, label="map value" if vmax is not None
-                     else "map value (panel's max = top)")
+        fig.colorbar(im, ax=list(axes.flat[1:]), fraction=0.03, label="map value")
     if title:
         fig.suptitle(title)
     return fig
@@ -399,7 +399,7 @@ def show_label_maps(image, label_maps: dict, *, gt=None, title: str = "", ncols:
         shown |= set(np.unique(np.asarray(gt)).tolist())
     ncols = min(ncols, len(panels))
     nrows = (len(panels) + ncols - 1) // ncols
-    width = _width(2.75, ncols)
+    width = _width(2.25, ncols)
     h, w = panels[0][1].shape[:2]
     fig, axes = plt.subplots(nrows, ncols, figsize=(width, nrows * (width / ncols) * h / w + 0.9), squeeze=False,
                              layout="constrained")
@@ -421,16 +421,16 @@ def pipeline_figure(explorer, *, stages=("A", "R", "G", "G-iter15")):
     plt = _plt()
     item = explorer.item
     names = ", ".join(_names(item["label"]))
-    panels = [(f"image; labels: {names}", to_hwc_uint8(item["image"]), None)]
+    panels = [("image", to_hwc_uint8(item["image"]), None)]
     for s in stages:
         strongest = explorer.stage(s)[0].max(0).values.cpu().numpy()
-        panels.append((f"{s}: strongest map", strongest / max(float(strongest.max()), 1e-12), "jet"))
+        panels.append((f"stage {s}", strongest / max(float(strongest.max()), 1e-12), "jet"))
     label = explorer.pseudo_label(stages[-1]).cpu().numpy()
-    panels.append((f"pseudo labels ({stages[-1]})", overlay_labels(item["image"], label), None))
+    panels.append((f"{stages[-1]} labels", overlay_labels(item["image"], label), None))
     shown = set(np.unique(label).tolist())
     if "mask" in item:
         mask = np.asarray(item["mask"])
-        panels.append(("ground truth (never used)", overlay_labels(item["image"], mask), None))
+        panels.append(("ground truth", overlay_labels(item["image"], mask), None))
         shown |= set(np.unique(mask).tolist())
     ncols = (len(panels) + 1) // 2
     h, w = panels[0][1].shape[:2]
@@ -445,9 +445,9 @@ def pipeline_figure(explorer, *, stages=("A", "R", "G", "G-iter15")):
         im = shown_im if cmap else im
         ax.set_title(name)
     if im is not None:
-        fig.colorbar(im, ax=list(axes.flat[1:1 + len(stages)]), fraction=0.025, label="map ÷ its max")
+        fig.colorbar(im, ax=list(axes.flat[1:1 + len(stages)]), fraction=0.03, label="strongest map ÷ max")
     _legend(fig, shown)
-    fig.suptitle(f"{item['id']}: localization maps → random walk → self-guided refinement → pseudo labels")
+    fig.suptitle(f"{item['id']} ({names}): maps → random walk → guided filter → labels")
     return fig
 
 
