@@ -280,8 +280,8 @@ def glue(name: str, value):
     """Hand a computed number or phrase to the chapter's prose (myst-nb ``glue``, not displayed); returns None.
 
     Numbers are read in Markdown with ``{glue:text}`name:.1f```; strings are glued as Markdown, read
-    with ``{glue:md}`name```. Without myst-nb (Colab) nothing is glued: the prose then shows the role,
-    the code cells the value.
+    with ``{glue:md}`name```. Numpy and torch scalars are glued as Python numbers. Without myst-nb
+    (Colab) nothing is glued and the prose shows the role; the chapters print the numbers they glue.
     """
     try:
         from myst_nb import glue as _glue

@@ -4,9 +4,9 @@ Every function returns the matplotlib ``Figure`` it drew so a chapter can show o
 save it; none of them computes anything the package does not already provide.
 
 All of them draw in the book's style (:data:`BOOK_STYLE`, applied once, the first time a
-figure is drawn): figures at most 9 inches wide with 13-14 pt text, so that on the
-rendered page (a 1280-px browser shows a figure at most 688 px wide) panel titles, ticks and
-colour-bar labels are at least the size of the body's small print (measured: 14-15 px). Label maps (pseudo
+figure is drawn): figures at most 9 inches wide with 14 pt panel titles and colour-bar labels,
+so that on the rendered page (a 1280-px browser shows a figure at most 688 px wide) they are at
+least the size of the body's small print (14 px, measured in headless Chromium). Label maps (pseudo
 labels, ground truth, predictions) are drawn in the VOC palette blended over the image, with
 each region's outline (:func:`overlay_labels`), so a dark class colour stays visible.
 """
@@ -18,20 +18,19 @@ from typing import Sequence
 import numpy as np
 
 
-#: The book's matplotlib style (rcParams). In a 1280-px browser the book's text column is 688 px wide; a
-#: figure of at most MAX_WIDTH = 9 in at 100 dpi (900 px) is shown at 0.76 of its size there, so 13-14 pt
-#: text (18-19 px in the PNG) reads as 14-15 px: at least the body's small print.
+#: The book's matplotlib style (rcParams). In a 1280-px browser the book's text column is 688 px wide and its
+#: small print (code, outputs, tables) 14 px; a figure of at most MAX_WIDTH = 9 in at 100 dpi (900 px) is shown
+#: at 0.76 of its size or more, so 14 pt titles and colour-bar labels (19.4 px in the PNG) read as 14.7 px or more.
 BOOK_STYLE = {
     "font.size": 13,
     "axes.titlesize": 14,
-    "axes.labelsize": 13,
+    "axes.labelsize": 14,
     "xtick.labelsize": 12,
     "ytick.labelsize": 12,
-    "legend.fontsize": 12,
+    "legend.fontsize": 13,
     "figure.titlesize": 15,
     "figure.dpi": 100,
     "savefig.dpi": 100,
-    "image.interpolation": "nearest",
 }
 #: Widest figure the book draws (inches): wider ones would shrink their text below the small print.
 MAX_WIDTH = 9.0
