@@ -105,3 +105,14 @@ def test_book_style_is_applied_and_figures_fit_the_page():
     fig = viz.show_maps(torch.rand(3, 12, 16), maps, labels)
     assert matplotlib.rcParams["font.size"] == viz.BOOK_STYLE["font.size"]
     assert fig.get_size_inches()[0] <= viz.MAX_WIDTH
+
+
+def test_frame_slider_embeds_png_and_jpeg_frames_with_their_mime_type():
+    import matplotlib.pyplot as plt
+
+    png = viz.figure_to_png(plt.figure(figsize=(1, 1)))
+    jpeg = viz.figure_to_jpeg(plt.figure(figsize=(1, 1)))
+    html = viz.frame_slider([png, jpeg], ["a", "b"]).data
+    assert html.count("data:image/png;base64,") == 1 and html.count("data:image/jpeg;base64,") == 1
+    with pytest.raises(ValueError, match="PNG or JPEG"):
+        viz.frame_slider([b"GIF89a"], ["c"])
