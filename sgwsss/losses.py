@@ -14,15 +14,22 @@ __all__ = ["classification_loss", "affinity_loss", "segmentation_loss", "guided_
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Multi-label classification loss (Eq. 1 of Ke & Hsu).
 
-    L_cls = -1/(B C) sum_{b,c} [ y_c log E^c + (1 - y_c) log(1 - E^c) ],  E^c = sigmoid(logits_c),
-    computed in the numerically stable logits form.
+    Eq. 1 is written per foreground class, with ``Z`` the classes present in the image:
+
+        L_cls = -1(c in Z) log(E^c) - 1(c not in Z) log(1 - E^c),   for all c in L \\ bg,
+
+    with ``E^c = sigmoid(GAP(A^c))``. The paper does not say how the per-class terms are
+    combined; this function takes their mean over the B images and the C classes (PyTorch's
+    default reduction), i.e. ``1/(B C)`` times their sum. The mean is an implementation choice,
+    not part of Eq. 1: it sets the weight of ``L_cls`` against ``lam * L_aff`` in Eq. 13.
+    Computed in the numerically stable logits form.
 
     Args:
-        logits: (B, C) class scores (GAP of the localization maps).
-        labels: (B, C) image-level labels in {0, 1} (any dtype).
+        logits: (B, C) class scores before the sigmoid (GAP of the localization maps).
+        labels: (B, C) image-level labels in {0, 1} (any dtype): 1 where ``c`` is in ``Z``.
 
     Returns:
-        scalar tensor, mean over batch and classes.
+        scalar tensor, the mean of the per-class terms over batch and classes.
     """
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
         raise ValueError(f"logits must have shape (B, C), got {tuple(getattr(logits, 'shape', ()))}")
@@ -37,8 +44,9 @@ def affinity_loss(T: torch.Tensor, M: torch.Tensor, reduction: str = "row") -> t
     """Affinity loss L_aff = || T - M ||_1 (Eq. 4 of Ke & Hsu).
 
     Args:
-        T: transition matrix (B, N, N) from the features (Eq. 3).
-        M: colour target (B, N, N), see :func:`sgwsss.refine.affinity.color_similarity`.
+        T: transition matrix ``T = D^-1 W`` (B, N, N) from the feature affinity ``W`` of Eq. 2
+            (the paper does not number it).
+        M: colour similarity target (B, N, N), Eq. 3, see :func:`sgwsss.refine.affinity.color_similarity`.
         reduction: ``"row"`` (default): sum of |T - M| over each row q, mean over
             pixels p and the batch. With row-stochastic T and M this is twice the
             total-variation distance per pixel, in [0, 2], the same order as
@@ -129,7 +137,7 @@ def step1_loss(
         image: (B, 3, H, W) RGB in [0, 1], the network input (for M).
         lam: weight of the affinity loss.
         grid: affinity grid side (50 in the paper).
-        beta: power of W in the transition matrix (1 in the paper).
+        beta: power of W in the transition matrix (1: the paper's ``T = D^-1 W``).
         normalize_rows: row-normalise M (see :func:`~sgwsss.refine.affinity.color_similarity`).
         reduction: of :func:`affinity_loss`.
 

@@ -74,3 +74,45 @@ def test_plot_metrics_draws_each_step_and_survives_a_cut_log(tmp_path):
     assert lines1["total"].get_marker() == "o"  # three points: drawn with markers, or one point would not show
     with pytest.raises(FileNotFoundError, match="no metrics log"):
         viz.plot_metrics(tmp_path / "missing.jsonl")
+
+
+def test_overlay_labels_blends_the_palette_over_the_image():
+    """Class pixels: image and VOC colour blended; background: the image dimmed; 255: towards white; outlines white."""
+    from sgwsss.data import PALETTE
+
+    image = np.full((6, 8, 3), 100, np.uint8)
+    lab = np.zeros((6, 8), np.int64)
+    lab[1:5, 1:4] = 8  # cat, the darkest palette colour among the common classes
+    lab[1:5, 5:7] = 255
+    out = viz.overlay_labels(image, lab, alpha=0.6, outline=False).astype(int)
+    np.testing.assert_array_equal(out[0, 0], [85, 85, 85])
+    np.testing.assert_array_equal(out[2, 2], np.round(0.4 * 100 + 0.6 * PALETTE[8]).astype(int))
+    np.testing.assert_array_equal(out[2, 5], [178, 178, 178])
+    edged = viz.overlay_labels(image, lab, alpha=0.6)
+    np.testing.assert_array_equal(edged[1, 1], [255, 255, 255])  # a region's boundary pixel
+    np.testing.assert_array_equal(edged[2, 2], out[2, 2])  # its interior is unchanged
+    with pytest.raises(ValueError, match="image's size"):
+        viz.overlay_labels(image, lab[:5])
+
+
+def test_book_style_is_applied_and_figures_fit_the_page():
+    """The book's rcParams are set by the first figure, and a many-class map figure stays within MAX_WIDTH."""
+    import matplotlib
+
+    maps = torch.rand(20, 12, 16)
+    labels = torch.zeros(20)
+    labels[:6] = 1
+    fig = viz.show_maps(torch.rand(3, 12, 16), maps, labels)
+    assert matplotlib.rcParams["font.size"] == viz.BOOK_STYLE["font.size"]
+    assert fig.get_size_inches()[0] <= viz.MAX_WIDTH
+
+
+def test_frame_slider_embeds_png_and_jpeg_frames_with_their_mime_type():
+    import matplotlib.pyplot as plt
+
+    png = viz.figure_to_png(plt.figure(figsize=(1, 1)))
+    jpeg = viz.figure_to_jpeg(plt.figure(figsize=(1, 1)))
+    html = viz.frame_slider([png, jpeg], ["a", "b"]).data
+    assert html.count("data:image/png;base64,") == 1 and html.count("data:image/jpeg;base64,") == 1
+    with pytest.raises(ValueError, match="PNG or JPEG"):
+        viz.frame_slider([b"GIF89a"], ["c"])

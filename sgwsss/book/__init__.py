@@ -274,3 +274,46 @@ class Explorer:
     def pseudo_label(self, name: str, beta: float | None = None, **kw):
         """Pseudo labels (Eq. 11) of a stage: (H,W) int64."""
         return self.pipeline.labels(self.net, name, beta, **kw)[0]
+
+
+def glue(name: str, value):
+    """Hand a computed number or phrase to the chapter's prose (myst-nb ``glue``, not displayed); returns None.
+
+    Numbers are read in Markdown with ``{glue:text}`name:.1f```; strings are glued as Markdown, read
+    with ``{glue:md}`name```. Numpy and torch scalars are glued as Python numbers. Without myst-nb
+    (Colab) nothing is glued and the prose shows the role; the chapters print the numbers they glue.
+    """
+    try:
+        from myst_nb import glue as _glue
+    except ImportError:
+        return None
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # a numpy or torch scalar -> its Python number
+        value = value.item()
+    if isinstance(value, str):
+        from IPython.display import Markdown
+
+        _glue(name, Markdown(value), display=False)
+    else:
+        _glue(name, value, display=False)
+    return None
+
+
+def varied_images(dataset, n: int = 6, start: int = 0) -> list:
+    """Indices of ``n`` images of ``dataset`` that together cover many classes, for a chapter's image picker.
+
+    Greedy, in dataset order from ``start``: an image is taken when its image-level label holds a
+    class not yet covered; once no image adds a class, the rest are taken in order. Deterministic.
+    """
+    import numpy as np
+
+    labels = np.asarray(dataset.labels) > 0.5
+    order = list(range(start, len(labels))) + list(range(start))
+    chosen, seen = [], set()
+    for i in order:
+        classes = set(np.flatnonzero(labels[i]).tolist())
+        if classes - seen:
+            chosen.append(i)
+            seen |= classes
+        if len(chosen) == n:
+            return chosen
+    return chosen + [i for i in order if i not in chosen][: n - len(chosen)]
