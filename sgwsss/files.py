@@ -4,18 +4,21 @@ Every file the package writes for later reading (checkpoints, pseudo-label and
 prediction PNGs, ``config.json``, the results JSON, the label cache, a run's
 trimmed ``metrics.jsonl``) goes through :func:`atomic_open`: the bytes go to a
 hidden temp file in the target's folder, which ``os.replace`` then moves onto the
-target in one step. A process killed mid-write leaves the previous file (or no
-file) and no temp file from a failed write; it never leaves a partial file that a
-resumed run would take for a finished one.
+target in one step. A write that fails with an exception removes its temp file; a
+process killed mid-write (SIGKILL, power loss) leaves the previous file (or no file)
+and its hidden temp file, which the next run removes (:func:`remove_stale_temps`:
+temp files whose writer PID is no longer alive). It never leaves a partial file
+that a resumed run would take for a finished one.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 from typing import IO, Iterator, Union
 
-__all__ = ["atomic_open", "atomic_write_text", "temp_path"]
+__all__ = ["atomic_open", "atomic_write_text", "temp_path", "remove_stale_temps"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -59,3 +62,42 @@ def atomic_write_text(path: PathLike, text: str) -> Path:
     with atomic_open(path, "w") as fh:
         fh.write(text)
     return Path(path)
+
+
+_TEMP_NAME = re.compile(r"^\..+\.tmp(\d+)$")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
+def remove_stale_temps(folder: PathLike, recursive: bool = False) -> list:
+    """Remove the temp files of :func:`temp_path` in ``folder`` whose writer is gone.
+
+    A temp file is ``.<name>.tmp<pid>``; it is stale when no process ``pid`` is alive (a
+    writer killed by SIGKILL). Temp files of live processes (e.g. another DDP rank) are
+    kept. ``recursive=True`` also looks in sub-folders. Returns the removed paths.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in (folder.rglob(".*.tmp*") if recursive else folder.glob(".*.tmp*")):
+        match = _TEMP_NAME.match(path.name)
+        if match and path.is_file() and not _pid_alive(int(match.group(1))):
+            try:
+                path.unlink()
+                removed.append(path)
+            except FileNotFoundError:
+                pass
+    return removed

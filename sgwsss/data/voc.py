@@ -96,7 +96,18 @@ class VOCFormatError(VOCDataError, ValueError):
     """A file exists but is unreadable or inconsistent (corrupt JPEG, size mismatch...)."""
 
 
+#: How the root-hint of the errors names the options: ``"python"`` (``root=...``, ``download=True``)
+#: or ``"cli"`` (``--voc-root DIR``); the command line sets ``"cli"``.
+HINT_STYLE = "python"
+
+
 def _how_to_set_root() -> str:
+    if HINT_STYLE == "cli":
+        return (
+            f"Pass --voc-root DIR (the folder that holds VOCdevkit/, or the VOC2012 folder itself) "
+            f"or set {ENV_VAR}, e.g. `export {ENV_VAR}=/data/voc`; to download VOC2012 + SBD into "
+            f"{cache_dir()} run `python -m sgwsss.data.download` (`make data`)."
+        )
     return (
         f"Set {ENV_VAR} to the folder that holds VOCdevkit/ (or to the VOC2012 folder itself), "
         f"e.g. `export {ENV_VAR}=/data/voc`, or pass root=..., "
@@ -290,9 +301,9 @@ def _locate_voc_dir(path: pathlib.Path) -> pathlib.Path | None:
     return None
 
 
-def _layout_problems(voc: pathlib.Path) -> list[str]:
+def _layout_problems(voc: pathlib.Path, images: bool = True) -> list[str]:
     problems = []
-    for d in ("JPEGImages", os.path.join("ImageSets", "Segmentation")):
+    for d in (("JPEGImages",) if images else ()) + (os.path.join("ImageSets", "Segmentation"),):
         if not (voc / d).is_dir():
             problems.append(f"missing folder {voc / d}")
     if not any((voc / d).is_dir() for d in _LABEL_SOURCES):
@@ -302,7 +313,8 @@ def _layout_problems(voc: pathlib.Path) -> list[str]:
     return problems
 
 
-def resolve_root(root: str | os.PathLike | None = None, download: bool = False) -> pathlib.Path:
+def resolve_root(root: str | os.PathLike | None = None, download: bool = False,
+                 images: bool = True) -> pathlib.Path:
     """Find and check the VOC 2012 folder.
 
     Looks at ``root`` if given, else ``$SGWSSS_VOC_ROOT``, else :func:`cache_dir`. Either the
@@ -313,6 +325,7 @@ def resolve_root(root: str | os.PathLike | None = None, download: bool = False) 
         download: when the data is absent, download VOC2012 trainval and SBD there
             (building ``SegmentationClassAug`` and ``train_aug.txt``), see
             :func:`sgwsss.data.download.prepare_voc`.
+        images: require ``JPEGImages/`` (``False``: masks and lists only, e.g. for evaluation).
 
     Returns:
         Path of the ``VOC2012`` folder (the one holding ``JPEGImages``).
@@ -321,7 +334,8 @@ def resolve_root(root: str | os.PathLike | None = None, download: bool = False) 
         VOCMissingError: the root is missing or incomplete; the message names what is missing.
     """
     if root is not None:
-        path, source = pathlib.Path(root).expanduser(), "the root argument"
+        path = pathlib.Path(root).expanduser()
+        source = "--voc-root" if HINT_STYLE == "cli" else "the root argument"
     elif os.environ.get(ENV_VAR):
         path, source = pathlib.Path(os.environ[ENV_VAR]).expanduser(), f"${ENV_VAR}"
     else:
@@ -351,7 +365,7 @@ def resolve_root(root: str | os.PathLike | None = None, download: bool = False) 
         else:
             what = f"no VOCdevkit/VOC2012 folder (nor JPEGImages/, ImageSets/) in {path}"
         raise VOCMissingError(f"VOC root {path} (from {source}) is not a VOC 2012 copy: {what}. {_how_to_set_root()}")
-    problems = _layout_problems(voc)
+    problems = _layout_problems(voc, images=images)
     if problems:
         raise VOCMissingError(
             f"VOC root {path} (from {source}) is incomplete: {'; '.join(problems)}. {_how_to_set_root()}"
@@ -392,7 +406,7 @@ def _listdir(path: pathlib.Path) -> set[str]:
 
 # --------------------------------------------------------------------------- label table
 _LABEL_CACHE: dict[str, tuple[list[str], np.ndarray]] = {}
-_LABEL_CACHE_VERSION = 1
+_LABEL_CACHE_VERSION = 2
 
 
 def _stat_key(path: pathlib.Path) -> list[int] | None:
@@ -403,13 +417,16 @@ def _stat_key(path: pathlib.Path) -> list[int] | None:
     return [st.st_mtime_ns, st.st_size]
 
 
-def _labels_key(voc: pathlib.Path, split: str) -> str:
+def _labels_key(voc: pathlib.Path, split: str, sources: Sequence[pathlib.Path]) -> str:
+    """Cache key of a split's label table: the root, the list file and every label source's
+    path, size and mtime (an edited, replaced or added mask changes it; a folder's mtime
+    would not change when a file in it is overwritten)."""
     info = {
         "version": _LABEL_CACHE_VERSION,
         "root": str(voc.resolve()),
         "split": split,
         "list": _stat_key(voc / "ImageSets" / "Segmentation" / f"{split}.txt"),
-        "dirs": {d: _stat_key(voc / d) for d in _LABEL_SOURCES},
+        "sources": [(str(p.relative_to(voc)), _stat_key(p)) for p in sources],
     }
     return hashlib.sha1(json.dumps(info, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -471,11 +488,16 @@ class VOCSegmentation(Dataset):
         mask_dir: folder of ``<id>.png`` masks to return instead of the ground truth.
         ids: restrict to these ids of the split (order kept); unknown ids raise ValueError.
         download: see :func:`resolve_root`.
+        images: require ``JPEGImages/<id>.jpg`` of every id (``False``: ground truth only, e.g. to
+            evaluate a folder of predictions; items then cannot be loaded).
+
+    Every item checks that its mask (the one it carries, else the ground truth the label comes
+    from) has the image's size: a mismatch raises :class:`VOCFormatError` naming both files.
 
     Attributes:
         root (pathlib.Path): the VOC2012 folder. split (str). ids (list[str]).
         labels (np.ndarray): (N, 20) float32 label table, computed once (memory and disk cache
-        in :func:`cache_dir`, keyed by root, list file and folder mtimes).
+        in :func:`cache_dir`, keyed by root, list file and each label file's size and mtime).
     """
 
     def __init__(
@@ -487,8 +509,9 @@ class VOCSegmentation(Dataset):
         mask_dir: str | os.PathLike | None = None,
         ids: Sequence[str] | None = None,
         download: bool = False,
+        images: bool = True,
     ) -> None:
-        self.root = resolve_root(root, download=download)
+        self.root = resolve_root(root, download=download, images=images)
         self.split = split
         self.transform = transform
         self.with_mask = bool(with_mask)
@@ -496,7 +519,8 @@ class VOCSegmentation(Dataset):
 
         split_ids = read_split(self.root, split)
         self.ids = _select_ids(split_ids, ids, split)
-        self._check_images()
+        if images:
+            self._check_images()
         self._gt_masks, sources = self._label_sources()
         self._check_masks()
         self.labels = self._label_table(split_ids, sources, full=ids is None)
@@ -511,12 +535,14 @@ class VOCSegmentation(Dataset):
                 f"{self.root / 'JPEGImages' / (missing[0] + '.jpg')}"
             )
 
-    def _label_sources(self) -> tuple[list[pathlib.Path | None], list[pathlib.Path]]:
-        """``(ground-truth mask or None per id, label source per id)``: the mask, else the annotation XML."""
+    def _label_sources(self, ids: Sequence[str] | None = None) -> tuple[list[pathlib.Path | None],
+                                                                         list[pathlib.Path]]:
+        """``(ground-truth mask or None per id, label source per id)`` of ``ids`` (default: the
+        dataset's): the mask, else the annotation XML."""
         listings = {d: _listdir(self.root / d) for d in _LABEL_SOURCES}
         masks: list[pathlib.Path | None] = []
         sources: list[pathlib.Path] = []
-        for i in self.ids:
+        for i in self.ids if ids is None else ids:
             mask = next((self.root / d / f"{i}.png" for d in _MASK_DIRS if f"{i}.png" in listings[d]), None)
             masks.append(mask)
             if mask is not None:
@@ -553,7 +579,11 @@ class VOCSegmentation(Dataset):
 
     # ------------------------------------------------------------------ labels
     def _label_table(self, split_ids: list[str], sources: list[pathlib.Path], full: bool) -> np.ndarray:
-        key = _labels_key(self.root, self.split)
+        try:
+            split_sources = sources if list(self.ids) == list(split_ids) else self._label_sources(split_ids)[1]
+        except VOCMissingError:  # another id of the split has no label: no split-wide table to cache
+            return _compute_labels(sources)
+        key = _labels_key(self.root, self.split, split_sources)
         table = _LABEL_CACHE.get(key)
         disk = cache_dir() / "labels" / f"{self.split}-{key}.npz"
         if table is None and disk.is_file():
@@ -625,6 +655,8 @@ class VOCSegmentation(Dataset):
                         "outside 0..20 and 255"
                     )
             item["mask"] = torch.from_numpy(mask.astype(np.int64))
+        elif self._gt_masks[index] is not None:  # the label's mask must belong to this image
+            _check_mask_size(image_id, self._gt_masks[index], img_path, pil.size)
         if self.transform is not None:
             item = _apply_transform(self.transform, item)
         return item
@@ -634,6 +666,20 @@ class VOCSegmentation(Dataset):
         if self.mask_dir is not None:
             extra += f", mask_dir={str(self.mask_dir)!r}"
         return f"VOCSegmentation(root={str(self.root)!r}, split={self.split!r}, n={len(self)}{extra})"
+
+
+def _check_mask_size(image_id: str, mask_path: pathlib.Path, img_path: pathlib.Path, size: tuple) -> None:
+    """Raise VOCFormatError when the mask's (W, H), read from its header, differs from ``size``."""
+    try:
+        with Image.open(mask_path) as im:
+            msize = im.size
+    except OSError as e:
+        raise VOCFormatError(f"could not read mask {mask_path}: {e}") from e
+    if msize != tuple(size):
+        raise VOCFormatError(
+            f"id {image_id!r}: mask {mask_path} has size {msize[0]}x{msize[1]} (WxH) but image "
+            f"{img_path} has size {size[0]}x{size[1]}; fix or remove the mask"
+        )
 
 
 def _apply_transform(transform: Callable, item: dict[str, Any]) -> dict[str, Any]:

@@ -191,10 +191,11 @@ class Evaluator:
     @classmethod
     def of_split(cls, root=None, split: str = "val", ids: Optional[Sequence[str]] = None, **kw) -> "Evaluator":
         """The evaluator of ``ids`` (default: all) of ``split`` of the VOC copy at ``root``
-        (:func:`sgwsss.data.resolve_root`); every id must have a ground-truth mask."""
+        (:func:`sgwsss.data.resolve_root`); every id must have a ground-truth mask (``JPEGImages/``
+        is not needed: only masks are read)."""
         from sgwsss.data import VOCSegmentation
 
-        return cls(VOCSegmentation(root, split=split, ids=ids, with_mask=True), **kw)
+        return cls(VOCSegmentation(root, split=split, ids=ids, with_mask=True, images=False), **kw)
 
     def ground_truth(self, image_id: str) -> np.ndarray:
         """The (H, W) ground-truth index mask of ``image_id`` (read through the data layer)."""
@@ -253,6 +254,8 @@ class Evaluator:
             raise FileNotFoundError(
                 f"{len(missing)} of {len(ids)} predictions of split {self.split!r} missing in {pred_dir}, "
                 f"e.g. {', '.join(missing[:5])}")
+        if not ids:
+            raise ValueError(f"split {self.split!r} has no ids to evaluate")
         for image_id in tqdm(ids, desc=f"eval {self.split}", disable=not progress):
             self.add(image_id, read_mask(pred_dir / f"{image_id}.png"))
         return self.result()

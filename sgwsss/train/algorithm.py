@@ -22,6 +22,7 @@ per-process batches of ``step*_batch_size`` make a global batch ``G`` times larg
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -33,9 +34,9 @@ import torch
 import torch.distributed as dist
 
 from sgwsss.constants import INPUT_NORMALIZATION
-from sgwsss.files import atomic_write_text
-from sgwsss.train.checkpoint import (atomic_save, capture_rng_state, load_checkpoint, make_checkpoint, network_for,
-                                     read_checkpoint, restore_rng_state, seed_everything)
+from sgwsss.files import atomic_write_text, remove_stale_temps
+from sgwsss.train.checkpoint import (atomic_save, capture_rng_state, load_checkpoint, load_weights, make_checkpoint,
+                                     network_for, read_checkpoint, restore_rng_state, seed_everything)
 from sgwsss.train.config import TrainConfig, as_config
 from sgwsss.train.loop import Runtime, init_distributed, train_step1, train_step2
 from sgwsss.train.metrics import METRICS_FILE, MetricsWriter, loss_records, phase_seconds, truncate_metrics
@@ -150,6 +151,8 @@ def train(config: Union[TrainConfig, str, dict] = "cpu", voc_root=None, work_dir
     """
     cfg = as_config(config)
     work_dir = Path(work_dir)
+    if work_dir.exists() and not work_dir.is_dir():
+        raise NotADirectoryError(f"work_dir {work_dir}: expected a folder, but it is a file")
     rank, world, dev, own_group = init_distributed(None if device is None else torch.device(device))
     runtime = Runtime(device=dev, rank=rank, world_size=world, work_dir=work_dir, progress=progress,
                       callback=callback)
@@ -169,6 +172,8 @@ def _open_run(cfg: TrainConfig, runtime: Runtime, resume: bool) -> Optional[Dict
     """
     work_dir = Path(runtime.work_dir)
     last = runtime.checkpoint_dir / "last.pt"
+    if runtime.is_main:  # temp files of killed writers (checkpoints, pseudo labels, config, metrics)
+        remove_stale_temps(work_dir, recursive=True)
     ckpt = None
     if last.exists():
         if not resume:
@@ -196,11 +201,34 @@ def _network(cfg: TrainConfig, runtime: Runtime, ckpt: Optional[Dict[str, Any]])
         if ckpt.get("backbone", cfg.backbone) != model.backbone_name:
             raise ValueError(f"{runtime.checkpoint_dir / 'last.pt'} holds a {ckpt.get('backbone')!r} network, "
                              f"config asks {model.backbone_name!r}")
-        model.load_state_dict(ckpt["model"])
+        load_weights(model, ckpt["model"], runtime.checkpoint_dir / "last.pt")
     model.to(runtime.device)
     if ckpt is not None:
         restore_rng_state(ckpt["rng"])  # the RNG states right after the checkpointed iteration (rank 0's)
     return model
+
+
+DATA_FILE = "data.json"
+
+
+def _check_data(work_dir: Path, root: Path, cfg: TrainConfig, ids: List[str], resuming: bool,
+                write: bool) -> None:
+    """Record the data a run trains on (``work_dir/data.json``: VOC root, split, the ids' count and
+    hash); a resumed run must train on the same data, else ``ValueError``."""
+    record = {"voc_root": str(Path(root).resolve()), "train_split": cfg.train_split, "num_ids": len(ids),
+              "ids_sha1": hashlib.sha1("\n".join(ids).encode()).hexdigest()}
+    path = work_dir / DATA_FILE
+    if resuming and path.is_file():
+        stored = json.loads(path.read_text())
+        diff = [k for k in record if stored.get(k) != record[k]]
+        if diff:
+            detail = ", ".join(f"{k}: {stored.get(k)!r} -> {record[k]!r}" for k in diff if k != "ids_sha1")
+            detail = detail or "the same number of ids, but other ids"
+            raise ValueError(f"cannot resume {work_dir}: it was trained on other data ({detail}); pass "
+                             f"--voc-root {stored.get('voc_root')} with the split list it had, or use another "
+                             f"--work-dir")
+    if write:
+        atomic_write_text(path, json.dumps(record, indent=2) + "\n")
 
 
 def _train(cfg: TrainConfig, voc_root, runtime: Runtime, resume: bool) -> Dict[str, Any]:
@@ -215,6 +243,7 @@ def _train(cfg: TrainConfig, voc_root, runtime: Runtime, resume: bool) -> Dict[s
 
     root = resolve_root(voc_root)
     ids = training_ids(root, cfg)
+    _check_data(work_dir, root, cfg, ids, resuming=ckpt is not None, write=runtime.is_main)
     transform = train_transform(cfg)
     pipeline = PseudoLabelPipeline.from_config(cfg)
     model = _network(cfg, runtime, ckpt)

@@ -33,7 +33,8 @@ def atomic_save(obj: Any, path: PathLike) -> Path:
     """``torch.save(obj)`` to ``path`` atomically: a temp file in the same folder, fsync, ``os.replace``
     (:func:`sgwsss.files.atomic_open`).
 
-    A crash while writing leaves the previous ``path`` (if any) untouched and no temp file behind.
+    A crash while writing leaves the previous ``path`` (if any) untouched; a temp file left by a
+    killed writer is removed by the next run (:func:`sgwsss.files.remove_stale_temps`).
     """
     with atomic_open(path, "wb", fsync=True) as fh:
         torch.save(obj, fh)
@@ -103,10 +104,49 @@ def read_checkpoint(path: PathLike, map_location="cpu") -> Dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # pickle errors, truncated files, ...
-        raise ValueError(f"{path} is not a readable sgwsss checkpoint ({type(exc).__name__}: {exc})") from None
+        # torch's own message may advise weights_only=False, which would run the file's code: never pass it on
+        first = (str(exc).strip().splitlines() or [""])[0]
+        detail = f": {first}" if first and "weights_only" not in first else ""
+        raise ValueError(f"{path} is not a readable sgwsss checkpoint ({type(exc).__name__}{detail}); it is "
+                         f"truncated, corrupt or not written by sgwsss: use a checkpoint written by "
+                         f"`sgwsss train`") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt or "config" not in ckpt:
         raise ValueError(f"{path} is not an sgwsss checkpoint (format {FORMAT} with 'model' and 'config')")
     return ckpt
+
+
+def check_finite_weights(state: Dict[str, torch.Tensor], path: PathLike) -> None:
+    """Raise ``ValueError`` naming ``path`` and the first key whose tensor holds NaN or inf."""
+    for key, value in state.items():
+        if torch.is_tensor(value) and value.is_floating_point():
+            bad = int((~torch.isfinite(value)).sum())
+            if bad:
+                raise ValueError(f"checkpoint {path} holds non-finite weights ({bad} of {value.numel()} values of "
+                                 f"{key!r} are NaN or inf): the run that wrote it diverged; use an earlier "
+                                 f"checkpoint or retrain")
+
+
+def load_weights(model: torch.nn.Module, state: Dict[str, torch.Tensor], path: PathLike) -> None:
+    """``model.load_state_dict(state)`` with an error that names ``path`` and the keys that do not fit."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    problems = []
+    if missing:
+        problems.append(f"missing key {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    if unexpected:
+        problems.append(f"unexpected key {unexpected[0]!r}"
+                        + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
+    if shapes:
+        k = shapes[0]
+        problems.append(f"key {k!r} has shape {tuple(state[k].shape)} in the file but {tuple(own[k].shape)} in "
+                        f"the network" + (f" (and {len(shapes) - 1} more)" if len(shapes) > 1 else ""))
+    if problems:
+        raise ValueError(f"checkpoint {path} does not fit the {type(model).__name__} network of its own "
+                         f"configuration: {'; '.join(problems)}; it was edited or written by another version: "
+                         f"use a checkpoint written by `sgwsss train`")
+    model.load_state_dict(state)
 
 
 def network_for(config: TrainConfig, pretrained: Optional[bool] = None) -> torch.nn.Module:
@@ -129,6 +169,9 @@ def load_checkpoint(path: PathLike, device: Union[str, torch.device] = "cpu",
         device: where to put the model.
         backbone: the backbone the caller expects; a checkpoint of another backbone raises ``ValueError``.
 
+    A checkpoint with NaN or inf weights, or with keys or shapes that do not fit its network, raises
+    ``ValueError`` naming the file and the key.
+
     Returns:
         ``(model, meta)``: the model in eval mode on ``device`` and
         ``meta = {"config": TrainConfig, "backbone": str, "progress": dict, "kind": str, "path": str}``.
@@ -138,8 +181,9 @@ def load_checkpoint(path: PathLike, device: Union[str, torch.device] = "cpu",
     stored = ckpt.get("backbone", config.backbone)
     if backbone is not None and backbone != stored:
         raise ValueError(f"checkpoint {path} holds a {stored!r} network, but backbone={backbone!r} was asked")
+    check_finite_weights(ckpt["model"], path)
     model = network_for(config.replace(backbone=stored), pretrained=False)
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, ckpt["model"], path)
     model.to(device).eval()
     meta = {"config": config, "backbone": stored, "progress": ckpt.get("progress", {}), "kind": ckpt.get("kind"),
             "path": str(path)}

@@ -6,7 +6,9 @@ full-size images and writes palette-index PNGs (:func:`sgwsss.data.save_mask`).
 :func:`predict` writes the segmentation branch's arg-max masks the same way.
 
 Both are resumable (existing PNGs are skipped; each PNG is written to a temp
-file and renamed, so a killed run leaves no partial file) and split their ids
+file and renamed, so a killed run leaves no partial file, and its temp files are
+removed by the next run), refuse a network whose outputs are NaN or inf
+(:class:`NonFiniteOutputError`, naming the image) and split their ids
 across DDP ranks (rank ``r`` of ``W`` takes ids ``r, r+W, ...``).
 """
 from __future__ import annotations
@@ -21,9 +23,26 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from sgwsss.data import save_mask
+from sgwsss.files import remove_stale_temps
 from sgwsss.pipeline import PseudoLabelPipeline
 
-__all__ = ["generate_pseudo_labels", "predict", "predict_probs", "mask_from_probs"]
+__all__ = ["generate_pseudo_labels", "predict", "predict_probs", "mask_from_probs", "NonFiniteOutputError"]
+
+
+class NonFiniteOutputError(ValueError):
+    """The network gave NaN or inf on an image (``image_id``): its labels would be silently wrong."""
+
+    def __init__(self, image_ids: Sequence[str]):
+        self.image_ids = list(image_ids)
+        super().__init__(f"the network gives non-finite (NaN or inf) outputs on image {self.image_ids[0]!r}")
+
+
+def _finite_outputs_hook(module, inputs, output):
+    """Forward hook: raise :class:`NonFiniteOutputError` when any output tensor holds NaN or inf."""
+    tensors = [output] if torch.is_tensor(output) else [t for t in output if torch.is_tensor(t)] \
+        if isinstance(output, tuple) else []
+    if any(not torch.isfinite(t).all() for t in tensors):
+        raise NonFiniteOutputError(["?"])
 
 
 def _rank_world(rank: Optional[int], world_size: Optional[int]) -> Tuple[int, int]:
@@ -57,7 +76,10 @@ def _batches(dataset, indices: Sequence[int], batch_size: int) -> Iterator[List[
 def _run(model, dataset, out_dir, per_batch, *, batch_size: int, skip_existing: bool, rank, world_size,
          progress: bool, desc: str) -> int:
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"out_dir {out_dir}: expected a folder, but it is a file")
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out_dir)  # .<id>.png.tmp<pid> of a killed run
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     rank, world_size = _rank_world(rank, world_size)
@@ -71,16 +93,21 @@ def _run(model, dataset, out_dir, per_batch, *, batch_size: int, skip_existing: 
     if progress and rank == 0:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(todo), desc=desc, dynamic_ncols=True)
+    hook = model.register_forward_hook(_finite_outputs_hook)
     try:
         with torch.no_grad():
             for batch in _batches(dataset, todo, batch_size):
-                masks = per_batch(batch)
+                try:
+                    masks = per_batch(batch)
+                except NonFiniteOutputError:
+                    raise NonFiniteOutputError([it["id"] for it in batch]) from None
                 for item, mask in zip(batch, masks):
                     save_mask(out_dir / f"{item['id']}.png", mask)
                 written += len(batch)
                 if bar is not None:
                     bar.update(len(batch))
     finally:
+        hook.remove()
         if bar is not None:
             bar.close()
         model.train(was_training)
