@@ -363,6 +363,29 @@ def test_resume_after_kills_gives_identical_weights(uninterrupted, tmp_path):
 
 
 @needs_voc
+def test_extending_a_finished_run_to_more_rounds_equals_a_fresh_run(uninterrupted, tmp_path):
+    """A 1-round run resumed with rounds=2 gives the fresh 2-round run's weights, losses and labels."""
+    full_work, _ = uninterrupted
+    one = run_cfg().replace(rounds=1)
+    train(one, VOC_ROOT, tmp_path, progress=False)
+    assert read_checkpoint(tmp_path / "final.pt")["progress"]["round"] == 1
+    with pytest.raises(ValueError, match="step2_iters"):  # only rounds may change
+        train(run_cfg().replace(step2_iters=2), VOC_ROOT, tmp_path, resume=True, progress=False)
+    train(run_cfg(), VOC_ROOT, tmp_path, resume=True, progress=False)
+    with pytest.raises(ValueError, match="rounds: 2 -> 1"):  # rounds may grow, never shrink
+        train(one, VOC_ROOT, tmp_path, resume=True, progress=False)
+    a = read_checkpoint(full_work / "final.pt")
+    b = read_checkpoint(tmp_path / "final.pt")
+    assert b["progress"] == a["progress"] and b["config"] == a["config"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert losses_of(tmp_path / "metrics.jsonl") == losses_of(full_work / "metrics.jsonl")
+    for png in (full_work / "round2" / "pseudo").glob("*.png"):
+        np.testing.assert_array_equal(np.array(Image.open(png)),
+                                      np.array(Image.open(tmp_path / "round2" / "pseudo" / png.name)))
+
+
+@needs_voc
 def test_train_writes_the_pipelines_labels(uninterrupted):
     """What step 2 trains on is what the pipeline of the run's configuration gives (the one recipe)."""
     from sgwsss.data import VOCSegmentation

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from sgwsss.constants import AFFINITY_STAGES, STAGES
-from sgwsss.evaluate.metrics import Evaluator
+from sgwsss.evaluate.metrics import Evaluator, confusion_matrix
 
 
 def subset_indices(n_total: int, n: int | None) -> np.ndarray:
@@ -28,7 +28,8 @@ def subset_indices(n_total: int, n: int | None) -> np.ndarray:
 
 
 def stage_miou(model, dataset, stages: Sequence[str] = STAGES, pipeline=None, *, crf: bool = False,
-               indices: Iterable[int] | None = None, progress: bool = True) -> Dict[str, dict]:
+               indices: Iterable[int] | None = None, progress: bool = True,
+               per_image: bool = False) -> Dict[str, dict]:
     """Pseudo-label mIoU of each stage on ``dataset`` (a :class:`~sgwsss.data.VOCSegmentation` with
     ``with_mask=True``).
 
@@ -39,6 +40,10 @@ def stage_miou(model, dataset, stages: Sequence[str] = STAGES, pipeline=None, *,
     ``crf=True``, also ``{stage + "+CRF": ...}`` (the pipeline's CRF recipe,
     :meth:`~sgwsss.pipeline.PseudoLabelPipeline.crf_refine`). The network runs once per image;
     the stages share its outputs (and the transition matrix, computed outside the timing).
+    ``per_image=True`` adds ``"ids"`` (the scored ids, in order) and ``"per_image"``, an
+    ``(N, C, C)`` int64 stack of each image's confusion matrix (rows ground truth, columns
+    prediction; they sum to ``"confusion"``), to every stage's entry, e.g. for
+    :func:`~sgwsss.evaluate.paired_bootstrap`.
     """
     from tqdm.auto import tqdm
 
@@ -52,6 +57,13 @@ def stage_miou(model, dataset, stages: Sequence[str] = STAGES, pipeline=None, *,
     names = list(stages) + ([s + "+CRF" for s in stages] if crf else [])
     scores = {s: Evaluator(dataset) for s in names}
     seconds = {s: 0.0 for s in names}
+    confusions = {s: [] for s in names}
+
+    def add(name, image_id, pred, gt):
+        scores[name].add(image_id, pred, gt)
+        if per_image:
+            confusions[name].append(confusion_matrix(pred, gt, scores[name].meter.num_classes,
+                                                     scores[name].meter.ignore_index))
     for i in tqdm(indices, desc="Table 1 stages", disable=not progress):
         item = dataset[i]
         if "mask" not in item:
@@ -63,14 +75,20 @@ def stage_miou(model, dataset, stages: Sequence[str] = STAGES, pipeline=None, *,
             t0 = time.perf_counter()
             pl = pipeline.labels(net, s)[0].cpu().numpy()
             seconds[s] += time.perf_counter() - t0
-            scores[s].add(item["id"], pl, item["mask"])
+            add(s, item["id"], pl, item["mask"])
             if crf:
                 t0 = time.perf_counter()
                 refined = pipeline.crf_refine(net.image[0], pl, net.labels[0])
                 seconds[s + "+CRF"] += time.perf_counter() - t0
-                scores[s + "+CRF"].add(item["id"], refined, item["mask"])
+                add(s + "+CRF", item["id"], refined, item["mask"])
     n = max(len(indices), 1)
-    return {s: {**scores[s].result(), "seconds_per_image": seconds[s] / n} for s in names}
+    out = {s: {**scores[s].result(), "seconds_per_image": seconds[s] / n} for s in names}
+    if per_image:
+        c = scores[names[0]].meter.num_classes
+        for s in names:
+            out[s].update(ids=list(scores[s].scored),
+                          per_image=np.stack(confusions[s]) if confusions[s] else np.zeros((0, c, c), np.int64))
+    return out
 
 
 def oracle_refinement(dataset, indices: Iterable[int] | None = None, *, stride: int = 16, grow: int = 0,

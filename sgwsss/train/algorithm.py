@@ -16,6 +16,15 @@ aggregation layer) is trained in both steps. ``work_dir`` receives
 iteration, skipping pseudo labels already written, and ends with the same
 weights as an uninterrupted run with the same seed.
 
+Extending a run to more rounds: resume it with a larger ``rounds`` and nothing
+else changed (``sgwsss train --config cpu --set rounds=2 --work-dir RUN --resume``).
+Round ``r`` never depends on ``n`` (its data order is a function of the seed,
+round, step and epoch; its learning rates of the step's iterations; the RNG
+states travel in the checkpoint), so the new rounds start from the finished
+run's last checkpoint and the result is bit-identical to a fresh run with that
+many rounds. ``final.pt`` is then the last round's network; every earlier
+round's stays in ``checkpoints/round{r}_step2.pt``.
+
 Run on several GPUs with ``torchrun --nproc_per_node=G -m sgwsss train ...``:
 per-process batches of ``step*_batch_size`` make a global batch ``G`` times larger.
 """
@@ -57,9 +66,11 @@ def _step_done(progress: Optional[Dict[str, int]], round: int, step: int) -> boo
 
 
 def _check_resumable(stored: Dict[str, Any], cfg: TrainConfig, path: Path) -> None:
+    """Refuse a checkpoint of another configuration; ``rounds`` may grow (extending a run, see :func:`train`)."""
     now = cfg.to_dict()
     diff = sorted(k for k in set(stored) | set(now)
-                  if k not in RESUME_FREE_FIELDS and stored.get(k) != now.get(k))
+                  if k not in RESUME_FREE_FIELDS and stored.get(k) != now.get(k)
+                  and not (k == "rounds" and now[k] > stored.get(k, now[k])))
     if diff:
         detail = ", ".join(f"{k}: {stored.get(k)!r} -> {now.get(k)!r}" for k in diff[:6])
         raise ValueError(f"cannot resume {path}: the configuration differs ({detail}); "
