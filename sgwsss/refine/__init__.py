@@ -1,6 +1,6 @@
 """Refinement operators, in the order of the paper's pipeline.
 
-* :mod:`~sgwsss.refine.affinity` -- W (Eq. 2), T = D^-1 W (Eq. 3), colour similarity M (target of Eq. 4)
+* :mod:`~sgwsss.refine.affinity` -- W (Eq. 2), T = D^-1 W (unnumbered, Sec. 3.2), colour similarity M (Eq. 3, target of Eq. 4)
 * :mod:`~sgwsss.refine.random_walk` -- R = T A (Eq. 5)
 * :mod:`~sgwsss.refine.otsu` -- Otsu thresholds, binarisation B^c
 * :mod:`~sgwsss.refine.guided_filter` -- guided filter (Eqs. 6-8), differentiable (Eqs. 9-10)

@@ -1,4 +1,5 @@
-"""Feature affinity, transition matrix and colour similarity (Eqs. 2-4 of Ke & Hsu).
+"""Feature affinity (Eq. 2 of Ke & Hsu), transition matrix (unnumbered, Sec. 3.2) and colour similarity
+(Eq. 3, the target of the affinity loss, Eq. 4).
 
 All functions work on a ``grid x grid`` resampling of their input (50 x 50 in
 the paper), so ``N = grid ** 2`` and the matrices are (B, N, N); pixel ``p``
@@ -92,7 +93,9 @@ def affinity_matrix(feat: torch.Tensor, grid: int = 50, eps: float = 1e-10) -> t
 
 
 def transition_matrix(W: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
-    """Row-stochastic transition matrix T = D^-1 W^beta, D = diag(sum_q W_pq^beta) (Eq. 3 of Ke & Hsu).
+    """Row-stochastic transition matrix T = D^-1 W^beta, D = diag(sum_q W_pq^beta).
+
+    Ke & Hsu define T = D^-1 W in Sec. 3.2 without an equation number (between Eqs. 2 and 3).
 
     Args:
         W: affinity (B, N, N), positive entries.
@@ -114,12 +117,12 @@ def transition_matrix(W: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
 
 
 def color_similarity(image: torch.Tensor, grid: int = 50, normalize_rows: bool = True) -> torch.Tensor:
-    """Colour similarity target M of the affinity loss (Eq. 4 of Ke & Hsu).
+    """Colour similarity M (Eq. 3 of Ke & Hsu), the target of the affinity loss (Eq. 4).
 
     M_pq = 1 - ||I_p - I_q||_2 / max_{p', q'} ||I_p' - I_q'||_2 on the image
     resized to ``grid x grid`` (bilinear, antialiased), the maximum taken per image.
 
-    Why ``normalize_rows`` (default True): T (Eq. 3) is row-stochastic, so its
+    Why ``normalize_rows`` (default True): T = D^-1 W is row-stochastic, so its
     entries are ~1/N (4e-4 for a 50 x 50 grid), while the raw M has entries
     ~0.5. Then T <= M elementwise and ||T - M||_1 = sum(M) - sum(T) = sum(M) - N
     does not depend on T at all: L_aff would be a constant with no gradient

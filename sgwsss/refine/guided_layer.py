@@ -101,7 +101,7 @@ def guided_filter_coefficients(guide: torch.Tensor, src: torch.Tensor, radius: i
         eye = torch.eye(3, dtype=src.dtype, device=src.device)[None, :, :, None, None]
         sigma = _box_mean(guide[:, :, None] * guide[:, None], radius, counts) - mu[:, :, None] * mu[:, None]
         a = torch.einsum("bcdhw,bkdhw->bkchw", _inverse3(sigma + eps * eye), cov)
-    b = (mean_p + c) - (a * (mu + m)[:, None]).sum(2)  # Eq. 8 with the uncentred means
+    b = (mean_p + c) - (a * (mu + m)[:, None]).sum(2)  # He et al.'s b_k with the uncentred means
     return a, b
 
 

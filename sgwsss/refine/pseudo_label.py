@@ -27,6 +27,10 @@ def pseudo_label(refined: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     background 0. Absent classes never appear, and an image without present
     classes is all background. Class ``c`` (0-based channel) is label ``c + 1``
     (VOC: channel 0 = aeroplane = 1).
+
+    Eq. 11 has a single foreground/background threshold ``tau`` "determined by Otsu's
+    method" without saying of which values; one Otsu threshold per present class's map
+    (as Sec. 3.3 binarises each ``R^c``) is this package's reading, an interpretation.
     """
     if not isinstance(refined, torch.Tensor):
         raise TypeError(f"refined must be a torch.Tensor, got {type(refined).__name__}")

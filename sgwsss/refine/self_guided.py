@@ -1,7 +1,8 @@
 """Self-guided refinement: Otsu binarisation + guided filter with the image as guide.
 
-Sec. 3.3 of Ke & Hsu: each present class map ``A^c`` is binarised with its Otsu
-threshold, ``B^c = [A^c > otsu(A^c)]``, and filtered by the guided filter
+Sec. 3.3 of Ke & Hsu: each present class map of the random walk's output ``R^c`` is
+binarised with its Otsu threshold, ``B^c = [R^c > otsu(R^c)]`` (the map ``A^c`` itself in
+Table 1's w/o-aff stages), and filtered by the guided filter
 (:mod:`sgwsss.refine.guided_filter`, Eqs. 6-8) with the training image as
 guide, which moves the map's edges onto the image's edges. Table 1 also iterates
 this step (``G-iter15``).
