@@ -93,7 +93,10 @@ if "train_run" in plan["steps"]:
 for step in plan["steps"]:
     if step.startswith("ch8"):
         ch8 = [c for c in plan["chapters"] if Path(c).stem.startswith("08_")][0]
-        first, setup, training = cells(ch8)[:3]
+        code = cells(ch8)
+        first = code[0]  # the install cell comes first in every chapter
+        setup = next(c for c in code if "work = " in c and "get_config(" in c)  # the configuration and its folder
+        training = next(c for c in code if "train(cfg" in c)
         run(first)
         run(setup)
         if step == "ch8-disconnect":  # the runtime goes away early in step 2 (no checkpoint there yet)
