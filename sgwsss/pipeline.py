@@ -15,7 +15,7 @@ The recipe, for a batch of images ``I`` (B, 3, H, W) in [0, 1] with image-level 
    mode without gradient: the localization maps ``cam`` (B, 20, h, w) averaged over the
    test-time scales and mirror images, and the aggregation features ``F`` of the plain pass.
 2. **Affinity** (stages ``R``, ``G``, ``G-iter15`` only): ``W`` (Eq. 2) of ``F`` on a
-   ``grid x grid`` grid and ``T = D^-1 W^beta`` (Eq. 3; ``beta = 1`` is the paper's).
+   ``grid x grid`` grid and ``T = D^-1 W^beta`` (unnumbered in the paper; ``beta = 1`` is its T).
 3. **Stage maps** (:func:`sgwsss.refine.stages.refine_stage`): ``A`` is each present class's
    map min-max scaled to [0, 1] *at the network's resolution, then* bilinearly upsampled to
    the image (normalise, then upsample: the order the training and the Table 1 scores always
@@ -73,7 +73,7 @@ class PseudoLabelPipeline:
     Attributes:
         stage: the Table 1 stage (``A``, ``R``, ``G-w/o-aff``, ``G``, ``G-iter15-w/o-aff``, ``G-iter15``).
         grid: side of the affinity grid (Eqs. 2-3, 5).
-        beta: power of ``W`` in ``T = D^-1 W^beta`` (1: the paper's Eq. 3).
+        beta: power of ``W`` in ``T = D^-1 W^beta`` (1: the paper's T, unnumbered there).
         radius, eps: the guided filter's window radius and regularisation (Eqs. 6-8).
         scales, flip: test-time augmentation of the localization maps (:meth:`~sgwsss.model.SGNet.infer`).
         crf: dense-CRF settings to refine the labels with, or None (no CRF).
@@ -147,7 +147,7 @@ class PseudoLabelPipeline:
         return net.cache[key]
 
     def transition(self, net: NetworkMaps, beta: Optional[float] = None) -> torch.Tensor:
-        """Step 2b: ``T = D^-1 W^beta`` (Eq. 3; ``beta`` default: the pipeline's): (B, N, N), cached."""
+        """Step 2b: ``T = D^-1 W^beta`` (unnumbered in the paper; ``beta``: the pipeline's): (B, N, N), cached."""
         beta = self.beta if beta is None else beta
         key = ("T", self.grid, float(beta))
         if key not in net.cache:

@@ -263,7 +263,7 @@ class Explorer:
         return [int(c) for c in (self.labels[0] > 0.5).nonzero().flatten()]
 
     def transition(self, beta: float | None = None):
-        """T = D^-1 W^beta (Eq. 3; beta default: the configuration's)."""
+        """T = D^-1 W^beta (unnumbered in the paper; beta default: the configuration's)."""
         return self.pipeline.transition(self.net, beta)
 
     def stage(self, name: str, beta: float | None = None, **kw):

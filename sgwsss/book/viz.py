@@ -329,7 +329,8 @@ def show_maps(image, maps, labels, *, title: str = "", cmap: str = "jet", vmax=N
 
 def show_transition_row(image, transition, similarity, *, row: int | None = None, col: int | None = None,
                         transition_title: str = "row of T", similarity_title: str = "row of M (row-normalised)"):
-    """One grid cell's row of the transition matrix T (Eq. 3) beside its row of the colour similarity M.
+    """One grid cell's row of the transition matrix T (unnumbered in the paper)
+    beside its row of the colour similarity M.
 
     image (1,3,H,W) or (3,H,W) in [0,1]; transition and similarity (1,N,N) or (N,N) with N = g*g
     for a g x g grid; ``row``/``col`` pick the cell (default: the centre). Left: the image with

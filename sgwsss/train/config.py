@@ -38,7 +38,7 @@
       learned ``T`` is nearly flat and the walk blurs the maps: on a 500-iteration
       run ``R`` 19.8 and ``G`` 22.4 at beta 1, 22.3 and 24.9 at beta 50, with ``A``
       at 22.4). ``beta`` only changes the walk at pseudo-label time; ``L_aff``
-      always trains ``T = D^-1 W`` (Eq. 3).
+      always trains ``T = D^-1 W`` (unnumbered in the paper).
     * pseudo labels come from ``G-iter15``, the paper's best stage, with the maps
       averaged over the image and its mirror image (``infer_flip``, +0.6).
 ``gpu``
@@ -123,7 +123,7 @@ class TrainConfig:
     rounds: int = 2
     lam: float = 1.0
     grid: int = 50
-    beta: float = 1.0  # T ~ W^beta for the random walk at pseudo-label time (1: the paper's Eq. 3)
+    beta: float = 1.0  # T ~ W^beta for the random walk at pseudo-label time (1: the paper's T, unnumbered)
     radius: int = 17
     eps: float = 1e-6
     pseudo_stage: str = "G-iter15"
