@@ -225,14 +225,15 @@ DATA_FILE = "data.json"
 def _check_data(work_dir: Path, root: Path, cfg: TrainConfig, ids: List[str], resuming: bool,
                 write: bool) -> None:
     """Record the data a run trains on (``work_dir/data.json``: VOC root, split, the ids' count and
-    hash); a resumed run must train on the same data, else ``ValueError``."""
+    hash); a resumed run must train on the same data (split and ids), else ``ValueError``. The root may
+    move (a new Colab runtime's cache, a copied dataset): it is recorded and named in the error only."""
     record = {"voc_root": str(Path(root).resolve()), "train_split": cfg.train_split, "num_ids": len(ids),
               "ids_sha1": hashlib.sha1("\n".join(ids).encode()).hexdigest()}
     path = work_dir / DATA_FILE
     if resuming and path.is_file():
         stored = json.loads(path.read_text())
         diff = [k for k in record if stored.get(k) != record[k]]
-        if diff:
+        if any(k != "voc_root" for k in diff):
             detail = ", ".join(f"{k}: {stored.get(k)!r} -> {record[k]!r}" for k in diff if k != "ids_sha1")
             detail = detail or "the same number of ids, but other ids"
             raise ValueError(f"cannot resume {work_dir}: it was trained on other data ({detail}); pass "
