@@ -733,10 +733,12 @@ export class GuidedFilterState {
 
 // -------------------------------------------------------------------------------- Eq. 11
 
+export const TIE_TOLERANCE = 1e-4; // sgwsss.refine.pseudo_label.TIE_TOLERANCE
+
 /**
  * Eq. 11 (sgwsss.refine.pseudo_label.pseudo_label): each present class fires where its
- * refined map exceeds its Otsu threshold; the label is 1 + the class with the largest
- * firing value (first on ties), 0 (background) where none fires.
+ * refined map exceeds its Otsu threshold; the label is 1 + the first firing class within
+ * TIE_TOLERANCE of the largest firing value, 0 (background) where none fires.
  * @param {Float32Array[]} maps  refined maps of the present classes, in channel order
  * @param {number[]} classes  their 0-based channels
  * @param {number[]} thresholds  their Otsu thresholds, when already known
@@ -745,11 +747,20 @@ export class GuidedFilterState {
 export function pseudoLabel(maps, classes, n, thresholds = maps.map((m) => otsuThreshold(m))) {
   const labels = new Uint8Array(n);
   const k = maps.length;
+  const tol = f32(TIE_TOLERANCE);
   for (let i = 0; i < n; i++) {
-    let best = -Infinity, lab = 0;
+    let best = -Infinity;
     for (let c = 0; c < k; c++) {
       const v = maps[c][i];
-      if (v > thresholds[c] && v > best) { best = v; lab = classes[c] + 1; }
+      if (v > thresholds[c] && v > best) best = v;
+    }
+    let lab = 0;
+    if (best > -Infinity) {
+      const floor = f32(best - tol); // float32, as torch subtracts the tolerance from a float32 map
+      for (let c = 0; c < k; c++) {
+        const v = maps[c][i];
+        if (v > thresholds[c] && v >= floor) { lab = classes[c] + 1; break; }
+      }
     }
     labels[i] = lab;
   }

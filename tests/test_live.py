@@ -153,14 +153,38 @@ def compare(page, img, stage, **kw):
 def _labels_agree(share: float) -> None:
     """Issue 18's bar: the page's pseudo labels equal the package's on >= 99.9% of pixels.
 
-    KNOWN REGRESSION (2026-12-03, after issues 13 and 15 merged): on some G stages and on the trained run the
-    page's labels agree on only 98.75-99.89% although its maps agree within 1e-6 to 4.3e-5, so Eq. 11 (or
-    the Otsu step before it) now differs between sgwsss/refine and _static/sgwsss_live_core.mjs. Until that
-    is found this check reports an expected failure (xfail) below the bar; everything else in these tests
-    (maps within 1e-3, R within 1e-5 of float64, no page errors) still fails hard.
+    Eq. 11's ties (two classes' refined maps both 1 inside overlapping masks) are broken the same way on
+    both sides by ``TIE_TOLERANCE``; before it, float32 rounding picked the winner (98.75% on a trained
+    run's image, and 94-99% between the package's own numba and torch paths).
     """
-    if share < 0.999:
-        pytest.xfail(f"labels equal on {100 * share:.3f}% < 99.9% (known regression, see _labels_agree)")
+    assert share >= 0.999, f"labels equal on {100 * share:.3f}% < 99.9%"
+
+
+def stepwise(page, img, stage, k, kw):
+    """Max abs, over iterations 1..k, of the page's iteration j against one package iteration of the page's j - 1.
+
+    Otsu's threshold is a discontinuous function of the map: the first maximum of the between-class variance
+    moves by a bin when a 1-ulp change of the map's maximum moves the bin edges (seen: iteration 1 of the
+    demo's person map, 0.4508 on the page and 0.4451 in the package, on maps within 1.8e-7; Otsu of the
+    page's own map gives the page's threshold exactly). Each later iteration then binarises a different
+    mask, so 15 iterations end up to 0.08 apart. Checking every iteration from the page's previous one
+    tests the operator without that amplification.
+    """
+    from sgwsss.refine.self_guided import self_guided_refine
+
+    source = "A" if stage in ("G-w/o-aff", "G-iter15-w/o-aff") else "R"
+    walk = {key: kw[key] for key in ("beta", "steps") if key in kw and source == "R"}
+    prev, _ = js_compute(page, image=img.id, stage=source, **walk)
+    worst = 0.0
+    for j in range(1, k + 1):
+        cur, _ = js_compute(page, image=img.id, stage="G-w/o-aff" if source == "A" else "G", iterations=j, **kw)
+        full = torch.zeros(1, 20, *prev.shape[1:])
+        full[0, list(CLASSES)] = torch.from_numpy(prev.copy())
+        one = self_guided_refine(img.image[None], full, iterations=1, radius=kw["radius"], eps=kw["eps"],
+                                 labels=img.labels[None], threshold=kw.get("threshold"))[0, list(CLASSES)].numpy()
+        worst = max(worst, float(np.abs(cur - one).max()))
+        prev = cur
+    return worst
 
 
 @needs_browser
@@ -184,10 +208,13 @@ def test_page_matches_python(page, images, setting):
         assert r["max_abs_same_r"] <= 1e-3
         assert r["beyond_1e-3"] <= r.get("package_beyond_1e-3", 0.0) + 1e-3
     else:
-        if r["max_abs"] > 1e-3 and stage == "G-iter15-w/o-aff":  # 15 iterations carry a flipped early threshold on
-            pytest.xfail(f"maps differ by {r['max_abs']:.3g} after 15 iterations: the same known regression as "
-                         "_labels_agree (an Otsu/Eq. 11 difference between page and package)")
-        assert r["max_abs"] <= 1e-3
+        k = s.get("iterations") or {"G-w/o-aff": 1, "G-iter15-w/o-aff": 15}.get(stage, 0)
+        if r["max_abs"] > 1e-3 and k > 1:  # an Otsu bin flip in an early iteration (see stepwise)
+            r["stepwise_max_abs"] = stepwise(page, img, stage, k, {key: v for key, v in kw.items() if key != "iterations"})
+            print(f"  stepwise max abs {r['stepwise_max_abs']:.3g}")
+            assert r["stepwise_max_abs"] <= 1e-3
+        else:
+            assert r["max_abs"] <= 1e-3
     assert not page.errors
     _labels_agree(r["labels_equal"])
 
