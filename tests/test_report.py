@@ -124,6 +124,11 @@ def test_rounds_table_and_paired_delta():
     lines = report.rounds_table(rounds).splitlines()
     assert lines[0] == "|  | pseudo labels, train mIoU | network, val mIoU | extra |"
     assert lines[2:] == ["| round 1 | 30.0 | 25.0 | - |", "| round 2 | 32.0 | 27.0 | 50.0 |"]
+    written = report.rounds_table({"rounds": 2, "results": {  # the layout benchmarks/rounds.py writes
+        "pseudo/round1": {"miou": 0.3}, "val/round1": {"miou": 0.2}, "val_crf/round1": {"miou": 0.25},
+        "pseudo/round2": {"miou": 0.35}, "val/round2": {"miou": 0.22}, "val_crf/round2": {"miou": 0.27}}})
+    assert written.splitlines()[2:] == ["| round 1 | 30.0 | 20.0 | 25.0 |", "| round 2 | 35.0 | 22.0 | 27.0 |"]
+    assert "pseudo labels, train mIoU" in written.splitlines()[0]
     keyed = report.rounds_table({"rounds": {"1": {"val_miou": 0.2}}}).splitlines()
     assert keyed[2] == "| round 1 | 20.0 |"
     with pytest.raises(ValueError, match="rounds"):

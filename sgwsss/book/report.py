@@ -274,8 +274,15 @@ ROUND_COLUMNS = {"pseudo_label_miou_train": "pseudo labels, train mIoU", "val_mi
 def rounds_table(rounds: Mapping[str, Any]) -> str:
     """Markdown table of ``rounds.json`` (Algorithm 1 run for n rounds): one row per round, a column per
     measured fraction (the keys of :data:`ROUND_COLUMNS` first, then any other number in [0, 1]).
-    ``rounds["rounds"]`` is a list of dicts (each with ``round``) or a dict keyed by the round."""
+    ``rounds["rounds"]`` is a list of dicts (each with ``round``) or a dict keyed by the round; or, as
+    ``benchmarks/rounds.py`` writes it, the number of rounds with ``rounds["results"]`` keyed
+    ``pseudo/round{r}``, ``val/round{r}`` and ``val_crf/round{r}`` (each with ``miou``)."""
     items = rounds.get("rounds")
+    if isinstance(items, int) and not isinstance(items, bool):
+        names = {"pseudo": "pseudo_label_miou_train", "val": "val_miou", "val_crf": "val_miou_crf"}
+        results = rounds.get("results") or {}
+        items = [{"round": r, **{col: results[f"{kind}/round{r}"]["miou"] for kind, col in names.items()
+                                 if f"{kind}/round{r}" in results}} for r in range(1, items + 1)]
     if isinstance(items, Mapping):
         items = [{"round": k, **v} for k, v in items.items()]
     if not items:
