@@ -223,3 +223,15 @@ def test_paper_settings_name_config_fields_and_the_paper_config_follows_them():
         if value is not None:
             assert getattr(cfg, field) == value, field
     assert 2 * PAPER_SETTINGS["radius"] + 1 == 35  # Sec. 4.1's window size
+
+
+def test_step2_guided_table():
+    result = {"results": {"plain": {"val_miou": 0.2163, "val_miou_guided_prediction": 0.2201, "step2_seconds": 600.0},
+                          "guided": {"val_miou": 0.2250, "val_miou_guided_prediction": 0.2260, "step2_seconds": 900.0}},
+              "bootstrap_guided_minus_plain": {"raw": {"delta": 0.0087, "low": -0.002, "high": 0.019, "n_images": 200}}}
+    lines = report.step2_guided_table(result).splitlines()
+    assert lines[2:4] == ["| plain | 21.6 | 22.0 | 10.0 |", "| guided | 22.5 | 22.6 | 15.0 |"]
+    assert lines[-1] == ("Guided-filter layer minus plain, the network's arg-max: +0.87 points, 95% interval "
+                         "[-0.20, +1.90] over 200 val images.")
+    with pytest.raises(ValueError, match="results"):
+        report.step2_guided_table({})

@@ -294,6 +294,24 @@ def rounds_table(rounds: Mapping[str, Any]) -> str:
     return markdown_table(["", *(ROUND_COLUMNS.get(k, k) for k in keys)], rows)
 
 
+def step2_guided_table(result: Mapping[str, Any]) -> str:
+    """Markdown table of ``step2_guided.json`` (``benchmarks/step2_guided.py``): one row per step 2
+    (plain, through the guided-filter layer), its val mIoU with the network's own arg-max and with the
+    guided-filtered logits' arg-max, and step 2's minutes; then one line per prediction kind with the
+    paired-bootstrap difference (guided-layer minus plain) and its 95% interval."""
+    rows = [[name, pct(r.get("val_miou")), pct(r.get("val_miou_guided_prediction")),
+             f"{r['step2_seconds'] / 60:.1f}" if "step2_seconds" in r else "-"]
+            for name, r in (result.get("results") or {}).items()]
+    if not rows:
+        raise ValueError("step2_guided.json has no 'results' entry")
+    text = markdown_table(["step 2", "val mIoU", "val mIoU, prediction guided-filtered", "step 2 minutes"], rows)
+    what = {"raw": "the network's arg-max", "guided": "the guided-filtered arg-max"}
+    for kind, b in (result.get("bootstrap_guided_minus_plain") or {}).items():
+        text += (f"\n\nGuided-filter layer minus plain, {what.get(kind, kind)}: {100 * b['delta']:+.2f} points, "
+                 f"95% interval [{100 * b['low']:+.2f}, {100 * b['high']:+.2f}] over {b['n_images']} val images.")
+    return text
+
+
 def paired_delta(arrays: Mapping[str, Any], key_a: str, key_b: str, n_resamples: int = 2000, seed: int = 0):
     """``mIoU(a) - mIoU(b)`` in points with its 95% paired-bootstrap interval, from two ``(N, C, C)`` arrays of
     ``arrays``: a dict ``delta``, ``low``, ``high``, ``images``; None when either key is missing."""
