@@ -38,15 +38,17 @@ READY = ("g => document.querySelector('.sgwsss-live').dataset.generation !== g "
          "&& document.querySelector('.sgwsss-live').dataset.state === 'ready'")
 
 
-def pick_image(root, split: str):
-    """The first image of ``split`` whose longest side is 500 (VOC-sized)."""
+def pick_image(root, split: str, nth: int = 0):
+    """The ``nth`` (from 0) image of ``split`` whose longest side is 500 (VOC-sized)."""
     from sgwsss.data import VOCSegmentation
 
     ds = VOCSegmentation(root, split=split, with_mask=True)
     for i in range(len(ds)):
         item = ds[i]
         if max(item["image"].shape[-2:]) == 500:
-            return item
+            if nth == 0:
+                return item
+            nth -= 1
     raise SystemExit(f"no image with longest side 500 in {split}")
 
 
@@ -86,6 +88,8 @@ def main():
     ap.add_argument("--changes", type=int, default=24, help="measured changes per control (>= 20)")
     ap.add_argument("--beta", type=float, default=50.0)
     ap.add_argument("--workers", type=int, default=None, help="make the page see this many cores (default: the machine's)")
+    ap.add_argument("--nth", type=int, default=0, help="use the nth VOC-sized image of the split (another input)")
+    ap.add_argument("--classes", default="11,14", help="0-based channels of the two synthetic classes")
     ap.add_argument("--no-save", action="store_true", help="print only; do not write the JSON")
     args = ap.parse_args()
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -93,8 +97,8 @@ def main():
         raise SystemExit("chromium is not installed (Debian: apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
-    item = pick_image(args.voc_root, args.split)
-    img = live.demo_image(item, classes=(11, 14))
+    item = pick_image(args.voc_root, args.split, args.nth)
+    img = live.demo_image(item, classes=tuple(int(c) for c in args.classes.split(",")))
     fig = live.live_figure([img], config={"grid": 25, "beta": args.beta, "radius": 17, "eps": 1e-6},
                            defaults={"stage": "G-iter15"}, static=False)
     results = {}
