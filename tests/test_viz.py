@@ -116,3 +116,25 @@ def test_frame_slider_embeds_png_and_jpeg_frames_with_their_mime_type():
     assert html.count("data:image/png;base64,") == 1 and html.count("data:image/jpeg;base64,") == 1
     with pytest.raises(ValueError, match="PNG or JPEG"):
         viz.frame_slider([b"GIF89a"], ["c"])
+
+
+def test_docstring_section_turns_rst_into_markdown():
+    from sgwsss.book import docstring_section
+
+    def f():
+        """Intro line.
+
+        Settings that differ:
+
+            * ``a=1``: see :meth:`pkg.mod.fn` and :class:`~pkg.Cls`.
+            * ``b`` too.
+        ``gpu`` follows.
+        """
+
+    text = docstring_section(f, "Settings that differ", "``gpu``")
+    assert text == "Settings that differ:\n\n* `a=1`: see `pkg.mod.fn` and `pkg.Cls`.\n* `b` too."
+    assert docstring_section(f, "Intro").startswith("Intro line.")
+    with pytest.raises(ValueError, match="'missing'"):
+        docstring_section(f, "missing")
+    with pytest.raises(ValueError, match="does not follow"):
+        docstring_section(f, "Settings", "nowhere")

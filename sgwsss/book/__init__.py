@@ -317,3 +317,25 @@ def varied_images(dataset, n: int = 6, start: int = 0) -> list:
         if len(chosen) == n:
             return chosen
     return chosen + [i for i in order if i not in chosen][: n - len(chosen)]
+
+
+def docstring_section(obj, start: str, stop: str | None = None) -> str:
+    """The part of ``obj``'s docstring from the line holding ``start`` up to ``stop`` (excluded), as Markdown.
+
+    The package's docstrings are reStructuredText; a chapter that quotes one shows it as prose, not as a
+    clipped code block: the common indent is removed, ````x```` becomes ```x``` and a role such as
+    ``:meth:`x``` becomes ```x```. Raises ValueError naming the marker that is not in the docstring.
+    """
+    import inspect
+    import re
+
+    doc = inspect.getdoc(obj) or ""
+    if start not in doc:
+        raise ValueError(f"{start!r} is not in the docstring of {getattr(obj, '__name__', obj)!r}")
+    begin = doc.rfind("\n", 0, doc.index(start)) + 1
+    end = len(doc) if stop is None else doc.find(stop, begin + len(start))
+    if end < 0:
+        raise ValueError(f"{stop!r} does not follow {start!r} in the docstring of {getattr(obj, '__name__', obj)!r}")
+    text = inspect.cleandoc(doc[begin:end])
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"`\1`", text)
+    return text.replace("``", "`").rstrip()
